@@ -1,0 +1,1 @@
+"""One Typer app per DVC stage: read params, call vpmel, write outputs."""

@@ -1,0 +1,26 @@
+"""What every stage shares: one console, one way to fail on bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def clear_errors(stage: str) -> Iterator[None]:
+    """Turn expected input problems into one readable line and exit code 1.
+
+    Bad data files raise ValueError/FileNotFoundError/KeyError with a message that names
+    the file and record; a user should see that message, not a traceback.
+    """
+    try:
+        yield
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        console.print(f"[bold red]{stage}: error:[/] {message}")
+        raise typer.Exit(1) from None
