@@ -1,0 +1,137 @@
+"""DVC stage `encoders`: the image-text encoder every later stage uses, in `models/encoder/`.
+
+Reads only the `encoders` section of params.yaml.
+
+* `backend: demo` trains a small CLIP-style model on the KB (a 12-layer narrow ViT from
+  scratch; the pretrained MiniLM text tower, frozen and stored as a package reference) and
+  writes train time, throughput, loss and held-out retrieval accuracy (trained vs random
+  init) to `reports/encoders.json`.
+* `backend: hub` resolves `hub_model` (a hub id such as `openai/clip-vit-base-patch32`, or a
+  local folder with a CLIPModel checkpoint) and saves it into `models/encoder/`, so later
+  stages run offline. A hub id needs network access (or the Hugging Face cache) once.
+
+Threads: `threads: null` uses every core; views are rendered in a second thread meanwhile.
+Run with `OMP_WAIT_POLICY=PASSIVE` (dvc.yaml does): OpenMP threads that spin-wait stall
+badly whenever another thread or process needs a core, and tiny models hit that at every op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from transformers.utils import logging as hf_logging
+
+from stages.console import clear_errors, console
+from vpmel.encoder_training import TrainConfig, ViewConfig, train_encoder
+from vpmel.encoders import demo_config, describe, load_hub_checkpoint
+from vpmel.params import PARAMS_FILE, load_params
+from vpmel.schema import read_kb
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+KNOWN = {"backend", "hub_model", "threads", "model", "train"}
+
+
+@app.command()
+def main(
+    dataset: Path = typer.Option(Path("data/dataset"), help="dataset folder (kb.parquet)"),
+    out: Path = typer.Option(Path("models/encoder"), help="model folder to write"),
+    reports: Path = typer.Option(Path("reports"), help="where encoders.json goes"),
+    params_file: Path = typer.Option(PARAMS_FILE, "--params", help="params.yaml to read"),
+) -> None:
+    hf_logging.disable_progress_bar()
+    with clear_errors("encoders"):
+        p = load_params("encoders", params_file)
+        unknown = sorted(set(p) - KNOWN)
+        if unknown:
+            raise ValueError(f"{params_file}: unknown encoders params {unknown}")
+        threads = int(p.get("threads") or len(os.sched_getaffinity(0)))
+        torch.set_num_threads(threads)
+        backend = p.get("backend", "demo")
+        if backend == "demo":
+            metrics = _demo(p, dataset, out, threads)
+        elif backend == "hub":
+            metrics = _hub(str(p["hub_model"]), out)
+        else:
+            raise ValueError(
+                f"{params_file}: encoders.backend must be demo or hub, not {backend!r}"
+            )
+    metrics["model_folder_mb"] = round(_size(out) / 2**20, 2)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "encoders.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    console.print(
+        f"encoders: wrote {out} ({metrics['model_folder_mb']} MB), {reports}/encoders.json"
+    )
+
+
+def _demo(p: dict[str, Any], dataset: Path, out: Path, threads: int) -> dict[str, Any]:
+    model_cfg = demo_config(p.get("model"))
+    train = dict(p.get("train") or {})
+    views = _dataclass(ViewConfig, train.pop("views", None) or {}, "encoders.train.views")
+    cfg = _dataclass(TrainConfig, train | {"views": views}, "encoders.train")
+    kb = read_kb(dataset)
+    console.print(
+        f"encoders: training the demo encoder on {len(kb)} KB entities from {dataset} "
+        f"({cfg.steps} steps of {cfg.batch_size}, {threads} torch threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
+    )
+    result = train_encoder(kb, dataset, model_cfg, cfg, progress=True, log=console.print)
+    _replace(out, result.model.save)
+    m = result.metrics
+    console.print(
+        f"encoders: {m['steps']} steps in {m['train_seconds']} s ({m['images_per_second']} "
+        f"images/s), loss {m['first_loss']} -> {m['final_loss']}"
+    )
+    for key in ("views", "entity_images"):
+        t, r = m["retrieval"]["trained"][key], m["retrieval"]["random_init"][key]
+        console.print(
+            f"  {key:13s} top-1 {t['top1']:.3f} top-5 {t['top5']:.3f}"
+            f"  (random init {r['top1']:.3f} / {r['top5']:.3f})"
+        )
+    return {"backend": "demo", **m, "threads": threads, "model": describe(result.model)}
+
+
+def _hub(source: str, out: Path) -> dict[str, Any]:
+    console.print(f"encoders: resolving CLIP checkpoint {source}")
+    start = time.perf_counter()
+    model = load_hub_checkpoint(source)
+    _replace(out, model.save)
+    return {
+        "backend": "hub",
+        "source": source,
+        "resolve_seconds": round(time.perf_counter() - start, 1),
+        "model": describe(model),
+    }
+
+
+def _dataclass(cls: Any, values: dict[str, Any], where: str) -> Any:
+    """``cls(**values)`` with lists as tuples; unknown keys are one clear error."""
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} params {unknown}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _replace(folder: Path, write: Any) -> None:
+    """Write a model folder through a temporary sibling, then swap it in."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+if __name__ == "__main__":
+    app()

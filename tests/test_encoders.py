@@ -1,0 +1,354 @@
+"""The image-text encoder: demo model, training, saving, and the paper-scale CLIP path.
+
+Everything runs offline on tiny models: a 2-layer demo ViT with the packaged MiniLM text
+tower, and a randomly initialised CLIPModel written to a temporary folder together with a
+tokenizer and image processor built here.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image, ImageDraw
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+from typer.testing import CliRunner
+
+from stages.encoders import app
+from vpmel.encoder_training import (
+    TrainConfig,
+    contrastive_loss,
+    cutout,
+    entity_texts,
+    train_encoder,
+)
+from vpmel.encoders import (
+    MINILM_REF,
+    DemoEncoderConfig,
+    ImageTextEncoder,
+    demo_encoder,
+    resolve_encoder,
+)
+from vpmel.schema import KB_FILE, KB_SCHEMA, write_table
+
+TINY = DemoEncoderConfig(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    projection_dim=16,
+)
+SHAPES = [
+    ("red circle", (220, 30, 30), "ellipse"),
+    ("blue square", (30, 30, 220), "rectangle"),
+    ("green circle", (30, 180, 30), "ellipse"),
+    ("yellow square", (230, 210, 20), "rectangle"),
+    ("black circle", (10, 10, 10), "ellipse"),
+    ("purple square", (140, 30, 160), "rectangle"),
+]
+
+
+def _steps(n: int, seed: int = 0) -> TrainConfig:
+    return TrainConfig(
+        seed=seed,
+        steps=n,
+        batch_size=len(SHAPES),
+        lr=3e-3,
+        warmup_steps=2,
+        background_bank=8,
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not stall when cores are shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def kb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset folder with a six-entity KB of coloured shapes on white."""
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "images" / "kb").mkdir(parents=True)
+    rows = []
+    for k, (name, colour, shape) in enumerate(SHAPES):
+        image = Image.new("RGB", (40, 40), (255, 255, 255))
+        draw = getattr(ImageDraw.Draw(image), shape)
+        draw([6, 6, 33, 33], fill=colour, outline=(0, 0, 0))
+        rel = f"images/kb/Q{k}.png"
+        image.save(root / rel)
+        rows.append(
+            {
+                "qid": f"Q{k}",
+                "name": name,
+                "type": "Misc",
+                "description": f"a {name} drawn on white",
+                "images": [rel],
+            }
+        )
+    write_table(rows, KB_SCHEMA, root / KB_FILE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def kb(kb_root: Path) -> pd.DataFrame:
+    return pd.read_parquet(kb_root / KB_FILE)
+
+
+@pytest.fixture(scope="module")
+def trained(kb: pd.DataFrame, kb_root: Path):
+    return train_encoder(kb, kb_root, TINY, _steps(40), progress=False, log=lambda _: None)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_training_reduces_the_loss(trained) -> None:
+    losses = trained.losses
+    assert len(losses) == 40
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+    retrieval = trained.metrics["retrieval"]
+    assert set(retrieval) == {"trained", "random_init"}
+    assert set(retrieval["trained"]) == {"views", "entity_images"}
+    # the plain entity images are told apart after training, not before
+    trained_top1 = retrieval["trained"]["entity_images"]["top1"]
+    assert trained_top1 > retrieval["random_init"]["entity_images"]["top1"] + 0.3
+
+
+def test_same_seed_gives_identical_weights(kb: pd.DataFrame, kb_root: Path) -> None:
+    runs = [
+        train_encoder(kb, kb_root, TINY, _steps(3, seed), progress=False, log=lambda _: None)
+        for seed in (5, 5, 6)
+    ]
+    same, other = runs[0].model.state_dict(), runs[1].model.state_dict()
+    assert all(torch.equal(same[k], other[k]) for k in same)
+    assert runs[0].losses == runs[1].losses
+    different = runs[2].model.state_dict()
+    assert not all(torch.equal(same[k], different[k]) for k in same)
+
+
+def test_contrastive_loss_does_not_use_duplicates_as_negatives() -> None:
+    torch.manual_seed(0)
+    images, texts = torch.randn(3, 8), torch.randn(3, 8)
+    scale = torch.tensor(0.0)
+    ids = torch.tensor([4, 4, 9])
+    # reference: each row's softmax over its own positive and the other entity's entries
+    img, txt = F.normalize(images, dim=-1), F.normalize(texts, dim=-1)
+    logits = img @ txt.T
+    keep = [[0, 2], [1, 2], [0, 1, 2]]  # row 0 (entity 4) never sees column 1 (entity 4)
+
+    def side(lg: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
+            [-torch.log_softmax(lg[i, keep[i]], 0)[keep[i].index(i)] for i in range(3)]
+        ).mean()
+
+    expected = (side(logits) + side(logits.T)) / 2
+    assert torch.allclose(contrastive_loss(images, texts, scale, ids), expected, atol=1e-6)
+    unmasked = contrastive_loss(images, texts, scale)
+    assert not torch.allclose(unmasked, expected, atol=1e-4)
+
+
+def test_cutout_removes_the_white_background_only() -> None:
+    image = Image.new("RGB", (30, 30), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([5, 5, 24, 24], fill=(200, 0, 0))
+    draw.rectangle([12, 12, 17, 17], fill=(255, 255, 255))  # a white hole inside the object
+    obj = cutout(image)
+    assert obj.size == (20, 20)
+    alpha = np.asarray(obj.getchannel("A"))
+    assert alpha.min() == 255  # the inner white stays opaque; the outer white is cut away
+
+
+def test_entity_texts_variants(kb: pd.DataFrame) -> None:
+    name, typed, described = entity_texts(kb)[0]
+    assert (name, typed) == ("red circle", "red circle Misc")
+    assert described == "red circle. a red circle drawn on white"
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+def test_vision_tower_gives_every_layer(trained) -> None:
+    model = trained.model
+    pixels = model.pixel_values([Image.new("RGB", (50, 40), (0, 90, 200))])
+    assert pixels.shape == (1, 3, 32, 32)
+    out = model.vision_model(pixel_values=pixels, output_hidden_states=True)
+    assert len(out.hidden_states) == 1 + TINY.num_layers
+    tokens = (TINY.image_size // TINY.patch_size) ** 2 + 1
+    assert all(h.shape == (1, tokens, TINY.hidden_size) for h in out.hidden_states)
+
+
+def test_padding_does_not_change_a_text_embedding(trained) -> None:
+    model = trained.model
+    short = "red circle"
+    long = "a much longer text about a great many things " * 5
+    alone = model.encode_texts([short])
+    batched = model.encode_texts([long, short])
+    assert model.tokenize([long, short])["attention_mask"][1].sum() < 10  # really padded
+    assert torch.allclose(alone[0], batched[1], atol=1e-5)
+    assert torch.allclose(alone.norm(dim=-1), torch.ones(1))
+
+
+def test_save_load_round_trip(trained, tmp_path: Path) -> None:
+    model = trained.model
+    model.save(tmp_path / "enc")
+    meta = json.loads((tmp_path / "enc" / "encoder.json").read_text())
+    assert meta["text_model"] == MINILM_REF  # the frozen MiniLM is referenced, not copied
+    assert not (tmp_path / "enc" / "text").exists()
+    loaded = ImageTextEncoder.load(tmp_path / "enc")
+    images = [Image.new("RGB", (40, 30), (200, 30, 30)), Image.new("RGB", (20, 60), (9, 9, 9))]
+    texts = ["red circle", "a much longer description of a black circle"]
+    assert torch.equal(model.encode_images(images), loaded.encode_images(images))
+    assert torch.equal(model.encode_texts(texts), loaded.encode_texts(texts))
+    assert loaded.text_frozen and loaded.image_size == TINY.image_size
+
+
+def test_demo_encoder_has_twelve_layers_by_default() -> None:
+    torch.manual_seed(0)
+    model = demo_encoder()
+    assert model.vision_model.config.num_hidden_layers == 12
+    assert model.text_frozen and model.text_pooling == "mean"
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"vision_model", "visual_projection", "text_projection", "logit_scale"}
+
+
+# ---------------------------------------------------------------------------- paper scale
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised CLIPModel folder with its own tokenizer and image processor."""
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    chars = list(string.ascii_lowercase + string.digits + ".,")
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 64,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=24,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_from_hub_matches_the_clip_model(tiny_clip: Path, tmp_path: Path) -> None:
+    model = ImageTextEncoder.from_hub(tiny_clip)
+    clip = CLIPModel.from_pretrained(tiny_clip).eval()
+    images = [Image.new("RGB", (48, 40), (200, 30, 30)), Image.new("RGB", (30, 64), (9, 9, 90))]
+    texts = ["a red box", "two blue things, far away and much longer"]
+    got_images, got_texts = model.encode_images(images), model.encode_texts(texts)
+    assert got_images.shape == (2, 24) and got_texts.shape == (2, 24)
+    with torch.no_grad():
+        pixels = model.pixel_values(images)
+        ref_images = _features(clip.get_image_features(pixel_values=pixels))
+        ref_texts = _features(clip.get_text_features(**model.tokenize(texts)))
+    assert torch.allclose(got_images, F.normalize(ref_images, dim=-1), atol=1e-5)
+    assert torch.allclose(got_texts, F.normalize(ref_texts, dim=-1), atol=1e-5)
+    assert torch.allclose(model.logit_scale, clip.logit_scale)
+    hidden = model.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+    assert len(hidden) == 1 + 3
+    # padding: a text alone equals the same text next to a longer one (EOS pooling)
+    assert torch.allclose(model.encode_texts(texts[:1])[0], got_texts[0], atol=1e-5)
+    # and the wrapper saves and loads the CLIP text tower itself
+    model.save(tmp_path / "hub")
+    loaded = ImageTextEncoder.load(tmp_path / "hub")
+    assert (tmp_path / "hub" / "text" / "model.safetensors").is_file()
+    assert torch.equal(loaded.encode_texts(texts), got_texts)
+    assert torch.equal(loaded.encode_images(images), got_images)
+
+
+def _features(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def test_resolve_encoder(tiny_clip: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="dvc repro encoders"):
+        resolve_encoder({"backend": "demo"}, tmp_path / "missing")
+    hub = resolve_encoder({"backend": "hub", "hub_model": str(tiny_clip)}, tmp_path / "none")
+    assert hub.text_pooling == "eos"
+    with pytest.raises(FileNotFoundError, match="hub_model"):
+        resolve_encoder({"backend": "hub", "hub_model": str(tmp_path / "nope")}, tmp_path)
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def _params(tmp_path: Path, section: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"world": {"seed": 0}, "encoders": section}))
+    return path
+
+
+def _model_params() -> dict:
+    return {k: getattr(TINY, k) for k in ("image_size", "patch_size", "hidden_size")} | {
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "projection_dim": 16,
+    }
+
+
+def test_stage_trains_and_reports(kb_root: Path, tmp_path: Path) -> None:
+    section = {
+        "backend": "demo",
+        "hub_model": "openai/clip-vit-base-patch32",
+        "threads": 1,
+        "model": _model_params(),
+        "train": {"seed": 0, "steps": 2, "batch_size": 6, "warmup_steps": 1, "background_bank": 4},
+    }
+    args = ["--dataset", str(kb_root), "--out", str(tmp_path / "enc")]
+    args += ["--reports", str(tmp_path / "reports"), "--params", str(_params(tmp_path, section))]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "reports" / "encoders.json").read_text())
+    assert report["backend"] == "demo" and report["steps"] == 2
+    assert {"train_seconds", "images_per_second", "final_loss", "model_folder_mb"} <= set(report)
+    assert set(report["retrieval"]["random_init"]["views"]) == {"top1", "top5"}
+    assert ImageTextEncoder.load(tmp_path / "enc").image_size == TINY.image_size
+
+
+def test_stage_hub_failure_is_one_clear_line(kb_root: Path, tmp_path: Path) -> None:
+    section = {"backend": "hub", "hub_model": str(tmp_path / "no-such-clip")}
+    args = ["--dataset", str(kb_root), "--out", str(tmp_path / "enc")]
+    args += ["--reports", str(tmp_path / "reports"), "--params", str(_params(tmp_path, section))]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "encoders: error:" in result.output and "encoders.hub_model" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "enc").exists()
