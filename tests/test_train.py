@@ -1,0 +1,294 @@
+"""The train and evaluate stages on a tiny dataset: resume, 2 processes, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from test_iier import tiny_encoder
+
+from stages import evaluate as evaluate_stage
+from stages import train as train_stage
+from vpmel.schema import KB_SCHEMA, write_table
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "red blue cat dog car tree house river moon star apple bread lamp chair boat".split()
+
+TRAIN = {
+    "seed": 0,
+    "epochs": 2,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "encoder_lr": 1e-4,
+    "warmup_steps": 1,
+    "save_every_steps": 2,
+    "eval_batch": 8,
+    "eval_block_mb": 1,
+    "device": "cpu",
+    "d_v": 12,
+    "d_t": 20,
+    "d_c": 10,
+    "text_global": "mean",
+    "train_vision": True,
+    "train_text": False,
+    "profiles": {"paper": {"lr": 1e-5, "batch_size": 128, "epochs": 20, "d_t": 512}},
+}
+EVALUATE = {"mention_batch": 8, "entity_batch": 8, "block_mb": 1, "top_k": 20, "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A KB of 48 entities, 96 mentions (64 train / 16 dev / 16 test), a tiny encoder."""
+    root = tmp_path_factory.mktemp("project")
+    g = np.random.default_rng(0)
+    dataset, vpwiki = root / "data/dataset", root / "data/vpwiki"
+    colours = g.integers(0, 255, (48, 3))
+    kb_rows = []
+    for i in range(48):
+        rel = f"images/kb/Q{i}.png"
+        (dataset / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 24), tuple(int(c) for c in colours[i])).save(dataset / rel)
+        kb_rows.append(
+            {
+                "qid": f"Q{i}",
+                "name": f"{WORDS[i % 15]} {WORDS[(i * 7) % 15]}",
+                "type": "Misc",
+                "description": " ".join(g.choice(WORDS, 6)),
+                "images": [rel],
+            }
+        )
+    write_table(pd.DataFrame(kb_rows), KB_SCHEMA, dataset / "kb.parquet")
+    mentions = []
+    for j in range(96):
+        gold = j % 48
+        split = "train" if j < 64 else ("dev" if j < 80 else "test")
+        src, prompted = f"images/mentions/m{j}.png", f"{split}_img/mention_m{j}.png"
+        canvas = Image.new("RGB", (32, 32), tuple(int(c) for c in g.integers(0, 255, 3)))
+        canvas.paste(Image.open(dataset / kb_rows[gold]["images"][0]).resize((14, 14)), (9, 9))
+        for folder, rel in ((dataset, src), (vpwiki, prompted)):
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            canvas.save(folder / rel)
+        mentions.append(
+            {
+                "id": f"m{j}",
+                "pair_id": f"p{j}",
+                "sentence": f"a photo of {kb_rows[gold]['name']} near the {WORDS[j % 15]}",
+                "mention": "",
+                "qid": f"Q{gold}",
+                "source_image": src,
+                "prompted_image": prompted,
+                "type": "Misc",
+                "split": split,
+            }
+        )
+    pd.DataFrame(mentions).to_parquet(vpwiki / "mentions.parquet", index=False)
+    answers = pd.DataFrame(
+        [
+            {"id": f"m{j}", "raw": "x", "name": WORDS[j % 15], "type": "Misc"}
+            for j in range(0, 96, 2)
+        ]
+        + [{"id": "m1", "raw": "", "name": None, "type": None}]  # a NIL answer
+    )
+    (root / "data/answers").mkdir(parents=True)
+    answers.to_parquet(root / "data/answers/answers.parquet", index=False)
+    torch.manual_seed(0)
+    tiny_encoder(root / "tok", text_frozen=True).save(root / "models/encoder")
+    write_params(root, TRAIN)
+    return root
+
+
+def write_params(root: Path, train: dict, lam: float = 1.0) -> Path:
+    params = {
+        "lambda": lam,
+        "encoders": {"backend": "demo"},
+        "train": train,
+        "evaluate": EVALUATE,
+    }
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def paths_in(root: Path, run: str) -> train_stage.Paths:
+    base = root / run
+    return train_stage.Paths(
+        vpwiki=root / "data/vpwiki",
+        dataset=root / "data/dataset",
+        answers=root / "data/answers/answers.parquet",
+        encoder=root / "models/encoder",
+        out=base / "models/iier",
+        state=base / "models/iier_state",
+        live=base / "dvclive",
+        reports=base / "reports",
+    )
+
+
+def run_train(root: Path, run: str, on_step=None, **overrides) -> dict:
+    cfg = train_stage.resolve_config(TRAIN | overrides)
+    return train_stage.train(cfg, 1.0, {"backend": "demo"}, paths_in(root, run), on_step)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "iier.safetensors") | load_file(
+        folder / "encoder/vision/model.safetensors"
+    )
+
+
+def test_profiles_and_unknown_params() -> None:
+    paper = train_stage.resolve_config(TRAIN | {"profile": "paper"})
+    assert (paper.lr, paper.batch_size, paper.epochs, paper.d_t) == (1e-5, 128, 20, 512)
+    assert train_stage.resolve_config(TRAIN).batch_size == 8
+    with pytest.raises(ValueError, match="unknown train params"):
+        train_stage.resolve_config(TRAIN | {"bacth_size": 3})
+    with pytest.raises(ValueError, match="profile"):
+        train_stage.resolve_config(TRAIN | {"profile": "huge"})
+
+
+def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -> None:
+    root = tiny_project
+    full = run_train(root, "full")
+    assert full["steps"] == 16  # 2 epochs x 64 / 8
+    assert full["mentions_with_answer"] == 48  # m1's NIL answer gives m_w = ""
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_at_5(step: int) -> None:
+        if step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_train(root, "crashed", on_step=crash_at_5)
+    state = json.loads((root / "crashed/models/iier_state/state.json").read_text())
+    assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (4, 0, 4)
+    seen: list[int] = []
+    resumed = run_train(root, "crashed", on_step=seen.append)
+    assert seen[0] == 5 and seen[-1] == 16  # continued from the saved step
+    assert resumed["best_dev"] == full["best_dev"]
+    for key in ("full", "crashed"):
+        assert (root / key / "models/iier/iier.safetensors").is_file()
+    a, b = weights(root / "full/models/iier"), weights(root / "crashed/models/iier")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    live_a = (root / "full/dvclive/plots/metrics/train/L.tsv").read_text()
+    assert live_a == (root / "crashed/dvclive/plots/metrics/train/L.tsv").read_text()
+    assert len(live_a.strip().splitlines()) == 3  # header + 2 epochs
+
+    # stop_after_steps saves and exits; the next run picks up from there
+    assert run_train(root, "stopped", stop_after_steps=3) == {"stopped_at_step": 3}
+    assert (
+        json.loads((root / "stopped/models/iier_state/state.json").read_text())["global_step"] == 3
+    )
+    # changed params do not resume a foreign state
+    other = run_train(root, "stopped", lr=5e-4)
+    assert other["steps"] == 16
+
+
+def test_two_processes_and_evaluate(tiny_project: Path) -> None:
+    """`accelerate launch` with 2 CPU processes (gloo) trains; `evaluate` (1 process) on the
+    saved best checkpoint reproduces the dev metrics the 2 processes computed in training."""
+    root = tiny_project
+    run = root / "two"
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "stages.train",
+        "--vpwiki", str(root / "data/vpwiki"), "--dataset", str(root / "data/dataset"),
+        "--answers", str(root / "data/answers/answers.parquet"),
+        "--encoder-dir", str(root / "models/encoder"),
+        "--out", str(run / "models/iier"), "--state-dir", str(run / "models/iier_state"),
+        "--live-dir", str(run / "dvclive"), "--reports", str(run / "reports"),
+        "--params", str(root / "params.yaml"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "reports/train.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["batches_per_process"] == [8, 8]  # 64 mentions / 8 / 2 x 2 epochs
+    assert summary["steps"] == 8
+
+    out = run / "eval"
+    evaluate_stage.main(
+        model_dir=run / "models/iier",
+        vpwiki=root / "data/vpwiki",
+        dataset=root / "data/dataset",
+        answers=root / "data/answers/answers.parquet",
+        out=out / "data/eval",
+        reports=out / "reports",
+        params_file=root / "params.yaml",
+    )
+    metrics = json.loads((out / "reports/metrics.json").read_text())
+    assert metrics["dev"] == summary["best_dev"]
+    assert set(metrics) == {"dev", "test"} and metrics["test"]["n"] == 16
+    assert set(metrics["dev"]) == {"H@1", "H@3", "H@5", "H@10", "H@20", "MRR", "MR", "n"}
+    top = pd.read_parquet(out / "data/eval/top20.parquet")
+    assert list(top.columns) == [
+        "id", "split", "qid", "rank", "gold_score", "top_qids", "top_scores"
+    ]  # fmt: skip
+    assert len(top) == 32 and all(len(q) == 20 for q in top["top_qids"])
+    first = top.iloc[0]
+    hit = (
+        list(first["top_qids"]).index(first["qid"]) + 1
+        if first["qid"] in first["top_qids"]
+        else None
+    )
+    assert hit is None or hit == first["rank"]
+    shutil.rmtree(run)
+
+
+def test_inputs_answers_images_and_problems(tiny_project: Path) -> None:
+    """m_w is the VLM answer (or "" when absent, NIL, or switched off); IIER* reads the
+    unprompted source image; a missing image is fed as grey and reported, not zeros."""
+    root = tiny_project
+    from vpmel.iier_data import InputConfig, load_inputs, read_answers
+    from vpmel.schema import read_kb
+
+    enc = tiny_encoder(root / "tok2")
+    mentions = pd.read_parquet(root / "data/vpwiki/mentions.parquet")
+    mentions.loc[3, "prompted_image"] = "train_img/gone.png"
+    mentions.loc[5, "qid"] = "Q999"  # not in the KB
+    answers = read_answers(root / "data/answers/answers.parquet")
+    assert answers["m0"] == "red Misc" and "m1" not in answers  # NIL -> no answer
+
+    def build(**cfg):
+        return load_inputs(
+            mentions, read_kb(root / "data/dataset"), root / "data/vpwiki",
+            root / "data/dataset", enc.tokenizer, enc.pixel_values, enc.image_size,
+            InputConfig(**cfg), answers,
+        )  # fmt: skip
+
+    data = build()
+    assert data.no_gold == ["m5"] and len(data.mentions_table) == 95
+    assert data.answered == 48  # the even ids (m5, dropped, had none)
+    tok = enc.tokenizer
+    first = tok.decode(data.mentions.texts.input_ids[0], skip_special_tokens=False)
+    assert first.startswith("[CLS] red misc [SEP] a photo of")
+    second = tok.decode(data.mentions.texts.input_ids[1], skip_special_tokens=False)
+    assert second.startswith("[CLS] [SEP] a photo of")  # m1: NIL answer -> m_w = ""
+    batch = data.mentions.inputs([0, 3])
+    assert batch["pixel_values"].shape == (2, 3, 16, 16)
+    assert data.image_problems()["mentions"] == {"m3": "missing_image"}
+    assert not build(use_answers=False).answered
+    source = build(use_prompted_image=False)
+    assert source.mentions.images.root == root / "data/dataset"
+    assert source.mentions.images.paths[0] == "images/mentions/m0.png"

@@ -1,0 +1,526 @@
+"""IIER: Implicit Information-Enhanced Reasoning (paper §5, Appendix A.5).
+
+Shapes: B mentions, N entities, P = n + 1 image tokens (CLS + patches), L text tokens.
+
+* §5.1 visual encoder — any Hugging Face ``CLIPVisionModel``. Global feature ``V^G``: the CLS
+  hidden state of the layers ``cls_layers`` (paper: 3, 10, 11, 12; the released code:
+  ``hidden_states[4, 10, 11, 12]``), concatenated → LayerNorm → MLP → d_v. Local features
+  ``V^L``: the output layer's P tokens → FC → d_v. ``hidden_states[0]`` is the embedding
+  output, ``hidden_states[l]`` the output of block ``l``.
+* §5.3 textual encoder — any HF text tower (BERT, MiniLM, CLIP's text model). Inputs are the
+  tokenizer's pair encoding ``[CLS] m_w [SEP] m_s [SEP]`` / ``[CLS] name [SEP] attrs [SEP]``.
+  All hidden states → FC → d_t give ``T^L``; ``T^G`` is the [CLS] state (``text_global:
+  cls``, the paper), the masked mean (``mean``, for sentence-embedding towers such as
+  MiniLM) or the last real token (``eos``, CLIP's text tower), L2-normalised as TFI's G2G
+  score asks ("the normalized global features") and as the released code (CLIP's
+  normalised ``text_embeds``) feeds it to every unit.
+* §5.4 / A.5 interaction units :class:`VFI`, :class:`TFI`, :class:`CMFI`, and
+  ``S = (S_V + S_T + S_C) / 3``.
+* §5.5 loss ``L = L_O + λ (L_V + L_T + L_C)`` with in-batch negatives (:func:`iier_loss`).
+
+Padding is masked everywhere: keys of padded mention tokens get no attention and padded
+entity query rows are left out of TFI's mean pooling (the released code does neither).
+
+Each unit is split into what depends on the entity alone (``entity_side``), on the mention
+alone (``mention_side``) and the pairwise rest (``score``), so :mod:`vpmel.retrieval` can
+precompute the entity side of the whole KB once. Training uses the very same functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # imported lazily: the units and scoring need only torch
+    from vpmel.encoders import ImageTextEncoder
+
+PAPER_CLS_LAYERS: tuple[int, ...] = (3, 10, 11, 12)
+RELEASED_CLS_LAYERS: tuple[int, ...] = (4, 10, 11, 12)
+TEXT_GLOBALS = ("cls", "mean", "eos")
+CONFIG_FILE = "iier.json"
+HEAD_FILE = "iier.safetensors"
+ENCODER_DIR = "encoder"
+
+
+@dataclass(frozen=True)
+class IIERConfig:
+    """Sizes and choices of IIER (paper A.1: d_v = d_c = 96, d_t = 512, max length 40)."""
+
+    d_v: int = 96
+    d_t: int = 512
+    d_c: int = 96  # CMFI's width (FC_c1: d_t -> d_c, FC_c2: d_v -> d_c)
+    cls_layers: tuple[int, ...] = PAPER_CLS_LAYERS
+    text_global: str = "cls"
+    max_text_length: int = 40
+    mlp_hidden: int | None = None  # hidden width of the V^G MLP; None = the tower's width
+    train_vision: bool = True
+    train_text: bool = True
+
+    def __post_init__(self) -> None:
+        if self.text_global not in TEXT_GLOBALS:
+            raise ValueError(f"text_global must be one of {TEXT_GLOBALS}, not {self.text_global!r}")
+        if not self.cls_layers:
+            raise ValueError("cls_layers must name at least one layer")
+        object.__setattr__(self, "cls_layers", tuple(int(x) for x in self.cls_layers))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> IIERConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown IIER model params {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+# ------------------------------------------------------------------------------ features
+
+
+@dataclass
+class Features:
+    """What the encoders give for a batch of mentions or entities."""
+
+    v_global: Tensor  # V^G [B, d_v]
+    v_local: Tensor  # V^L [B, P, d_v]
+    t_global: Tensor  # T^G [B, d_t], L2-normalised
+    t_local: Tensor  # T^L [B, L, d_t]
+    t_mask: Tensor  # [B, L]; 1 = token, 0 = padding
+
+
+class _Tensors:
+    """Dataclass-of-tensors helpers: slicing along rows, concatenation, device moves."""
+
+    def rows(self, lo: int, hi: int) -> Any:
+        return type(self)(**{f.name: getattr(self, f.name)[lo:hi] for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> Any:
+        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return len(getattr(self, fields(self)[0].name))
+
+    @classmethod
+    def cat(cls, parts: list[Any]) -> Any:
+        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, f.name).nbytes for f in fields(self))
+
+
+@dataclass
+class EntitySide(_Tensors):
+    """Everything the score needs from an entity alone (precomputed once for the KB)."""
+
+    v_global: Tensor  # V_E^G [N, d_v]                 VFI (both directions)
+    v_pooled: Tensor  # MeanPooling(V_E^L) [N, d_v]    VFI_M2E
+    t_global: Tensor  # T_E^G [N, d_t]                 TFI G2G
+    t_fc_global: Tensor  # FC(T_E^G) [N, d_t]          TFI G2L
+    queries: Tensor  # T_E^L W_tq [N, L, d_t]          TFI G2L
+    query_weight: Tensor  # [N, L] mask / #tokens: TFI's mean over real query rows
+    h: Tensor  # h_e [N, d_c]                          CMFI
+
+
+@dataclass
+class MentionSide(_Tensors):
+    """Everything the score needs from a mention alone."""
+
+    v_global: Tensor  # V_M^G [B, d_v]
+    v_pooled: Tensor  # MeanPooling(V_M^L) [B, d_v]    VFI_E2M
+    t_global: Tensor  # T_M^G [B, d_t]
+    keys: Tensor  # T_M^L W_tk / sqrt(d_t) [B, L, d_t]
+    values: Tensor  # T_M^L W_tv [B, L, d_t]
+    key_bias: Tensor  # [B, L]: 0 for tokens, -inf-ish for padding
+    h: Tensor  # h_m [B, d_c]
+
+
+class Scores(NamedTuple):
+    """Pairwise scores [B, N]: S (§5.5) and the units' S_V, S_T, S_C (§5.4)."""
+
+    s: Tensor
+    s_v: Tensor
+    s_t: Tensor
+    s_c: Tensor
+
+
+# ------------------------------------------------------------------------------ encoders
+
+
+class VisualEncoder(nn.Module):
+    """§5.1 on top of a CLIP vision tower's hidden states.
+
+    ``F^l = v_[CLS] of V^l``;  ``V^G = MLP(LN(Concat(F^l for l in cls_layers)))``;
+    ``V^L = FC(V^last)``.
+    """
+
+    def __init__(self, width: int, cls_layers: tuple[int, ...], d_v: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.cls_layers = tuple(cls_layers)
+        self.norm = nn.LayerNorm(len(cls_layers) * width)
+        self.mlp = nn.Sequential(
+            nn.Linear(len(cls_layers) * width, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, d_v)
+        )
+        self.fc = nn.Linear(width, d_v)
+
+    def forward(self, cls_states: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+        """``cls_states`` [B, len(cls_layers), width] (the F^l), ``last`` [B, P, width]."""
+        return self.mlp(self.norm(cls_states.flatten(1))), self.fc(last)
+
+
+class TextualEncoder(nn.Module):
+    """§5.3 on top of a text tower's last hidden states: ``T^L = FC(H)``, ``T^G`` pooled."""
+
+    def __init__(self, width: int, d_t: int, text_global: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, d_t)
+        self.text_global = text_global
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        local = self.fc(hidden)
+        if self.text_global == "cls":
+            pooled = local[:, 0]
+        elif self.text_global == "mean":
+            m = mask.unsqueeze(-1).to(local.dtype)
+            pooled = (local * m).sum(1) / m.sum(1).clamp(min=1.0)
+        else:  # eos: the last real token (CLIP's text tower pools there)
+            last = mask.long().sum(1).clamp(min=1) - 1
+            pooled = local[torch.arange(len(local), device=local.device), last]
+        return F.normalize(pooled, dim=-1), local
+
+
+# ------------------------------------------------------------------------------ units
+
+
+class VFI(nn.Module):
+    """Visual-Features Interaction, one direction (Appendix A.5). For M2E::
+
+        h̄_p  = MeanPooling(V_E^L)
+        h_vc = FC(LayerNorm(h̄_p + V_M^G))
+        h_vg = Tanh(FC(h_vc))
+        h_v  = LayerNorm(h_vg * h_vc + V_E^G)
+        S_V^{M2E} = h_v · V_M^G
+
+    E2M swaps the roles (a second instance). Here "query" is the side whose global feature
+    enters the first LayerNorm and the final dot product, "target" the other.
+    """
+
+    def __init__(self, d_v: int) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(d_v)
+        self.fc = nn.Linear(d_v, d_v)
+        self.gate = nn.Linear(d_v, d_v)
+        self.norm_out = nn.LayerNorm(d_v)
+
+    def forward(self, query_global: Tensor, target_pooled: Tensor, target_global: Tensor) -> Tensor:
+        """[Q, d_v], [T, d_v], [T, d_v] -> scores [Q, T]."""
+        h_vc = self.fc(self.norm_in(target_pooled.unsqueeze(0) + query_global.unsqueeze(1)))
+        h_vg = torch.tanh(self.gate(h_vc))
+        h_v = self.norm_out(h_vg * h_vc + target_global.unsqueeze(0))
+        return torch.bmm(h_v, query_global.unsqueeze(-1)).squeeze(-1)
+
+
+class TFI(nn.Module):
+    """Textual-Features Interaction (§5.4, Appendix A.5)::
+
+        S_T^{G2G} = T_M^G · T_E^G
+        Q, K, V   = T_E^L W_tq, T_M^L W_tk, T_M^L W_tv
+        H_t       = softmax(Q K^T / sqrt(d_T)) V        (padded keys masked)
+        h_t       = LayerNorm(MeanPooling(H_t))          (over the entity's real tokens)
+        S_T^{G2L} = FC(T_E^G) · h_t
+        S_T       = (S_T^{G2G} + S_T^{G2L}) / 2
+
+    ``MeanPooling(H_t) = p̄ V`` with ``p̄`` the mean attention row, which is what
+    :meth:`score` computes: one GEMM for all query-key dot products of a block, no
+    [N, B, L, d] context tensor.
+    """
+
+    def __init__(self, d_t: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(d_t, d_t)
+        self.key = nn.Linear(d_t, d_t)
+        self.value = nn.Linear(d_t, d_t)
+        self.norm = nn.LayerNorm(d_t)
+        self.fc = nn.Linear(d_t, d_t)
+
+    def pairwise(
+        self,
+        keys: Tensor,
+        values: Tensor,
+        key_bias: Tensor,
+        queries: Tensor,
+        query_weight: Tensor,
+        t_fc_global: Tensor,
+    ) -> Tensor:
+        """S_T^{G2L} [B, N] from the mention side (keys already / sqrt(d_T)) and entity side."""
+        n, lq, d = queries.shape
+        b, lk, _ = keys.shape
+        logits = queries.reshape(n * lq, d) @ keys.reshape(b * lk, d).T  # [N*Lq, B*Lk]
+        logits = logits.view(n, lq, b, lk) + key_bias.view(1, 1, b, lk)
+        attention = torch.softmax(logits, dim=-1).view(n, lq, b * lk)
+        mean_row = torch.bmm(query_weight.unsqueeze(1).to(attention.dtype), attention)  # [N,1,B*Lk]
+        mean_row = mean_row.view(n, b, lk).transpose(0, 1)  # [B, N, Lk]
+        h_t = self.norm(torch.bmm(mean_row, values))  # [B, N, d]
+        return (h_t * t_fc_global.unsqueeze(0)).sum(-1)
+
+
+class CMFI(nn.Module):
+    """Cross-Modal Features Interaction (Appendix A.5), for one side (entity or mention)::
+
+        h_t = FC_c1(T^G),  H_v = FC_c2(V^L)
+        α_i = softmax_i(h_t · H_v^i)            i = 1 .. n+1
+        h_c = Σ_i α_i H_v^i
+        h_g = Tanh(FC_c3(h_t))
+        h   = LayerNorm(h_g * h_t + h_c)
+
+    and ``S_C = h_e · h_m``.
+    """
+
+    def __init__(self, d_t: int, d_v: int, d_c: int) -> None:
+        super().__init__()
+        self.text_fc = nn.Linear(d_t, d_c)  # FC_c1
+        self.image_fc = nn.Linear(d_v, d_c)  # FC_c2
+        self.gate_fc = nn.Linear(d_c, d_c)  # FC_c3
+        self.norm = nn.LayerNorm(d_c)
+
+    def forward(self, t_global: Tensor, v_local: Tensor) -> Tensor:
+        """[B, d_t], [B, P, d_v] -> h [B, d_c]."""
+        h_t = self.text_fc(t_global)
+        h_v = self.image_fc(v_local)
+        alpha = torch.softmax(torch.bmm(h_v, h_t.unsqueeze(-1)).squeeze(-1), dim=-1)  # [B, P]
+        h_c = torch.bmm(alpha.unsqueeze(1), h_v).squeeze(1)
+        return self.norm(torch.tanh(self.gate_fc(h_t)) * h_t + h_c)
+
+
+# ------------------------------------------------------------------------------ the model
+
+
+class IIER(nn.Module):
+    """The whole model: an :class:`ImageTextEncoder`'s towers plus IIER's heads and units.
+
+    The encoder's own CLIP-style projections and logit scale are not used by IIER and are
+    frozen (so distributed training sees no unused trainable parameters).
+    """
+
+    def __init__(self, encoder: ImageTextEncoder, cfg: IIERConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        vision = encoder.vision_model.config
+        bad = [x for x in cfg.cls_layers if not 0 <= x <= vision.num_hidden_layers]
+        if bad:
+            raise ValueError(
+                f"cls_layers {list(cfg.cls_layers)}: {bad} not in 0..{vision.num_hidden_layers}"
+                " (0 = embeddings, l = output of block l)"
+            )
+        width = vision.hidden_size
+        self.visual = VisualEncoder(width, cfg.cls_layers, cfg.d_v, cfg.mlp_hidden or width)
+        self.textual = TextualEncoder(
+            encoder.text_model.config.hidden_size, cfg.d_t, cfg.text_global
+        )
+        self.vfi_m2e = VFI(cfg.d_v)
+        self.vfi_e2m = VFI(cfg.d_v)
+        self.tfi = TFI(cfg.d_t)
+        self.cmfi = CMFI(cfg.d_t, cfg.d_v, cfg.d_c)
+        for unused in (encoder.visual_projection, encoder.text_projection):
+            unused.requires_grad_(False)
+        encoder.logit_scale.requires_grad_(False)
+        encoder.vision_model.requires_grad_(cfg.train_vision)
+        encoder.text_model.requires_grad_(cfg.train_text)
+        # parts of the towers IIER never reads: the vision tower's final LayerNorm (IIER uses
+        # the hidden states before it) and a BERT pooler
+        for unused in _unused_tower_parts(encoder):
+            unused.requires_grad_(False)
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def device(self) -> torch.device:
+        return self.tfi.query.weight.device
+
+    @property
+    def text_frozen(self) -> bool:
+        return not self.cfg.train_text
+
+    @property
+    def vision_frozen(self) -> bool:
+        return not self.cfg.train_vision
+
+    def train(self, mode: bool = True) -> IIER:
+        super().train(mode)
+        if not self.cfg.train_vision:  # a frozen tower always runs without dropout
+            self.encoder.vision_model.eval()
+        if not self.cfg.train_text:
+            self.encoder.text_model.eval()
+        return self
+
+    # ---------------------------------------------------------------- encoders
+
+    def vision_hidden(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        """What §5.1 reads from the vision tower: the CLS states of ``cls_layers``
+        [B, k, width] and the output layer [B, P, width] (cacheable when frozen)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_vision):
+            out = self.encoder.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+        states = out.hidden_states
+        return torch.stack([states[x][:, 0] for x in self.cfg.cls_layers], 1), states[-1]
+
+    def image_features(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        """(V^G [B, d_v], V^L [B, P, d_v]) — §5.1."""
+        return self.visual(*self.vision_hidden(pixel_values))
+
+    def text_hidden(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """The text tower's last hidden states [B, L, width] (cacheable when frozen)."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_text):
+            return self.encoder.text_model(**kwargs).last_hidden_state
+
+    def encode(self, batch: dict[str, Tensor]) -> Features:
+        """Features of a batch holding ``pixel_values`` (or a frozen tower's cached
+        ``vision_cls`` and ``vision_last``), ``attention_mask`` and ``input_ids``
+        (+ ``token_type_ids``) or a frozen tower's cached ``text_hidden``."""
+        if "vision_cls" in batch:
+            v_global, v_local = self.visual(batch["vision_cls"], batch["vision_last"])
+        else:
+            v_global, v_local = self.image_features(batch["pixel_values"])
+        mask = batch["attention_mask"]
+        hidden = batch.get("text_hidden")
+        if hidden is None:
+            hidden = self.text_hidden(batch["input_ids"], mask, batch.get("token_type_ids"))
+        t_global, t_local = self.textual(hidden, mask)
+        return Features(v_global, v_local, t_global, t_local, mask)
+
+    # ---------------------------------------------------------------- the two sides
+
+    def entity_side(self, e: Features) -> EntitySide:
+        """Everything that depends on the entity alone."""
+        weight = e.t_mask.to(e.t_local.dtype)
+        return EntitySide(
+            v_global=e.v_global,
+            v_pooled=e.v_local.mean(1),
+            t_global=e.t_global,
+            t_fc_global=self.tfi.fc(e.t_global),
+            queries=self.tfi.query(e.t_local),
+            query_weight=weight / weight.sum(1, keepdim=True).clamp(min=1.0),
+            h=self.cmfi(e.t_global, e.v_local),
+        )
+
+    def mention_side(self, m: Features) -> MentionSide:
+        """Everything that depends on the mention alone."""
+        neg = torch.finfo(m.t_local.dtype).min
+        return MentionSide(
+            v_global=m.v_global,
+            v_pooled=m.v_local.mean(1),
+            t_global=m.t_global,
+            keys=self.tfi.key(m.t_local) / math.sqrt(self.cfg.d_t),
+            values=self.tfi.value(m.t_local),
+            key_bias=torch.zeros_like(m.t_mask, dtype=m.t_local.dtype).masked_fill(
+                m.t_mask == 0, neg
+            ),
+            h=self.cmfi(m.t_global, m.v_local),
+        )
+
+    def score(self, m: MentionSide, e: EntitySide) -> Scores:
+        """All pairwise scores [B, N] (§5.4, §5.5)."""
+        s_v_m2e = self.vfi_m2e(m.v_global, e.v_pooled, e.v_global)
+        s_v_e2m = self.vfi_e2m(e.v_global, m.v_pooled, m.v_global).T
+        s_v = (s_v_m2e + s_v_e2m) / 2
+        g2g = m.t_global @ e.t_global.T
+        g2l = self.tfi.pairwise(
+            m.keys, m.values, m.key_bias, e.queries, e.query_weight, e.t_fc_global
+        )
+        s_t = (g2g + g2l) / 2
+        s_c = m.h @ e.h.T
+        return Scores((s_v + s_t + s_c) / 3, s_v, s_t, s_c)
+
+    def forward(self, mentions: dict[str, Tensor], entities: dict[str, Tensor]) -> Scores:
+        """Scores of every mention of the batch against every entity of the batch."""
+        return self.score(
+            self.mention_side(self.encode(mentions)), self.entity_side(self.encode(entities))
+        )
+
+    # ---------------------------------------------------------------- saving
+
+    def head_state(self) -> dict[str, Tensor]:
+        """IIER's own weights (everything but the encoder's towers)."""
+        return {
+            k: v.detach().contiguous()
+            for k, v in self.state_dict().items()
+            if not k.startswith("encoder.")
+        }
+
+    def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        """``folder/encoder/`` (the towers, :meth:`ImageTextEncoder.save`),
+        ``folder/iier.safetensors`` (heads and units) and ``folder/iier.json`` (config and
+        ``extra``, e.g. how the inputs were built)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.encoder.save(folder / ENCODER_DIR)
+        save_file(self.head_state(), folder / HEAD_FILE)
+        meta = {"format": 1, "config": asdict(self.cfg), "extra": extra or {}}
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> tuple[IIER, dict[str, Any]]:
+        """Read a folder written by :meth:`save`; returns (model in eval mode, extra)."""
+        folder = Path(folder)
+        meta_path = folder / CONFIG_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; not an IIER checkpoint")
+        from vpmel.encoders import ImageTextEncoder
+
+        meta = json.loads(meta_path.read_text())
+        cfg = IIERConfig.from_dict(meta["config"])
+        model = cls(ImageTextEncoder.load(folder / ENCODER_DIR), cfg)
+        missing, unexpected = model.load_state_dict(load_file(folder / HEAD_FILE), strict=False)
+        missing = [k for k in missing if not k.startswith("encoder.")]
+        if missing or unexpected:
+            raise ValueError(f"{folder / HEAD_FILE}: missing {missing}, unexpected {unexpected}")
+        return model.eval(), meta.get("extra", {})
+
+
+def _unused_tower_parts(encoder: ImageTextEncoder) -> list[nn.Module]:
+    vision = encoder.vision_model
+    parts = [
+        getattr(vision, "post_layernorm", None),
+        getattr(getattr(vision, "vision_model", None), "post_layernorm", None),
+        getattr(encoder.text_model, "pooler", None),
+    ]
+    return [p for p in parts if isinstance(p, nn.Module)]
+
+
+# ------------------------------------------------------------------------------ the loss
+
+
+class Loss(NamedTuple):
+    total: Tensor
+    o: Tensor
+    v: Tensor
+    t: Tensor
+    c: Tensor
+
+
+def contrastive(scores: Tensor, targets: Tensor) -> Tensor:
+    """``L_X = -log exp(S_X(M_j, E_j)) / Σ_i exp(S_X(M_j, E_i))`` averaged over mentions."""
+    return F.cross_entropy(scores.float(), targets)
+
+
+def iier_loss(scores: Scores, targets: Tensor, lam: float) -> Loss:
+    """§5.5: ``L = L_O + λ (L_V + L_T + L_C)`` over a batch's [B, U] score matrices.
+
+    The U columns are the batch's *distinct* gold entities and ``targets[j]`` is mention
+    j's column, so mentions that share a gold entity are never each other's negatives.
+    """
+    o = contrastive(scores.s, targets)
+    v = contrastive(scores.s_v, targets)
+    t = contrastive(scores.s_t, targets)
+    c = contrastive(scores.s_c, targets)
+    return Loss(o + lam * (v + t + c), o, v, t, c)
