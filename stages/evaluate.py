@@ -143,8 +143,6 @@ def _load(
     if not mentions_file.is_file():
         raise FileNotFoundError(f"{mentions_file}: run the split stage first")
     answer_map = read_answers(answers) if inputs.use_answers else None
-    if inputs.use_answers and answer_map is None:
-        console.print(f"[yellow]evaluate: {answers} not found: m_w is empty for every mention")
     enc = model.encoder
     return load_inputs(
         pd.read_parquet(mentions_file),

@@ -441,8 +441,6 @@ def _load_data(paths: Paths, cfg: TrainConfig, model: IIER) -> IIERInputs:
     if not mentions_file.is_file():
         raise FileNotFoundError(f"{mentions_file}: run the split stage first")
     answers = read_answers(paths.answers) if cfg.use_answers else None
-    if cfg.use_answers and answers is None:
-        console.print(f"[yellow]train: {paths.answers} not found: m_w is empty for every mention")
     enc = model.encoder
     return load_inputs(
         pd.read_parquet(mentions_file),

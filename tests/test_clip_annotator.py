@@ -54,9 +54,10 @@ def _scene(objects: dict[str, tuple[int, int, int, int]]) -> Image.Image:
 
 def test_grounding_finds_the_named_object() -> None:
     truth = {"red": (20, 30, 59, 69), "blue": (100, 40, 139, 79)}
-    ann = ClipAnnotator(ColourEncoder(), ProposalConfig(top_k=40))
+    coarse_grid = {"top_k": 40, "overlap": 0.5, "context": 0.1}  # room for refinement
+    ann = ClipAnnotator(ColourEncoder(), ProposalConfig(**coarse_grid, refine_steps=2))
     regions = ann.regions(_scene(truth))
-    unrefined = ClipAnnotator(ColourEncoder(), ProposalConfig(top_k=40, refine_steps=0))
+    unrefined = ClipAnnotator(ColourEncoder(), ProposalConfig(**coarse_grid, refine_steps=0))
     coarse, _ = unrefined.ground(_scene(truth), regions, ann.phrases(["red", "blue"]))
     boxes, sims = ann.ground(_scene(truth), regions, ann.phrases(["red", "blue"]))
     for box, name in zip(boxes, ["red", "blue"], strict=True):
@@ -84,3 +85,22 @@ def test_entailment_separates_present_from_absent_after_calibration() -> None:
     assert ann.calibration[0] > 0
     assert (ann.entail_probability(np.array(pos)) > 0.5).all()
     assert (ann.entail_probability(np.array(neg)) < 0.5).all()
+
+
+def test_batched_grounding_equals_one_image_at_a_time() -> None:
+    scenes = [
+        _scene({"red": (20, 30, 59, 69), "blue": (100, 40, 139, 79)}),
+        _scene({"green": (70, 20, 109, 59)}),
+        _scene({"blue": (5, 60, 44, 99), "green": (90, 50, 129, 89)}),
+    ]
+    phrases = [("red", 0), ("blue", 0), ("green", 1), ("blue", 2), ("green", 2)]
+    ann = ClipAnnotator(ColourEncoder(), ProposalConfig(top_k=30))
+    regions = ann.regions_many(scenes)
+    emb = ann.phrases([t for t, _ in phrases])
+    boxes, sims = ann.ground_many(scenes, regions, emb, [i for _, i in phrases])
+    for p, (text, i) in enumerate(phrases):
+        one = ann.regions(scenes[i])
+        np.testing.assert_allclose(one.boxes, regions[i].boxes)
+        b, s = ann.ground(scenes[i], one, ann.phrases([text]))
+        np.testing.assert_allclose(boxes[p], b[0])
+        assert abs(sims[p] - s[0]) < 1e-5

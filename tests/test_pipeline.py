@@ -9,13 +9,51 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from vpmel.schema import read_kb, read_mentions
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_WORLD = {"seed": 3, "kb_size": 60, "n_scenes": 24}
+SPLITS = ("train", "dev", "test")
+TINY_WORLD = {"seed": 3, "kb_size": 60, "n_scenes": 40}
+# every later stage at toy size (the demo's architecture, fewer widths/steps)
+TINY = {
+    "encoders": {
+        "threads": 1,
+        "model": {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
+        "train": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "background_bank": 4},
+    },
+    "annotate": {"clip": {"top_k": 6, "refine_steps": 1}},
+    "split": {"iou_min": 0.0},
+    "detective": {
+        "threads": 1,
+        "demo": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "train": {"epochs": 1, "batch_size": 8},
+    },
+    "answers": {"threads": 1, "batch_size": 16, "max_new_tokens": 6},
+    "train": {
+        "epochs": 1,
+        "batch_size": 8,
+        "d_v": 12,
+        "d_t": 20,
+        "d_c": 10,
+        "save_every_steps": 2,
+        "eval_batch": 8,
+        "device": "cpu",
+    },  # fmt: skip
+    "evaluate": {"mention_batch": 8, "entity_batch": 8, "device": "cpu"},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for key, value in over.items():
+        if isinstance(value, dict):
+            _merge(base.setdefault(key, {}), value)
+        else:
+            base[key] = value
+    return base
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -42,8 +80,9 @@ def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
             shutil.copy2(src, dst / rel)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["world"].update(TINY_WORLD)
+    _merge(params, TINY)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for name in ("reports", "data"):
+    for name in ("reports", "data", "models", "dvclive"):
         shutil.rmtree(dst / name, ignore_errors=True)
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -57,7 +96,7 @@ def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return dst, env
 
 
-def test_dvc_repro_builds_world_and_dataset(repo_copy: tuple[Path, dict[str, str]]) -> None:
+def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]]) -> None:
     repo, env = repo_copy
     dvc = [sys.executable, "-m", "dvc"]
     _run([*dvc, "repro"], repo, env)
@@ -81,6 +120,27 @@ def test_dvc_repro_builds_world_and_dataset(repo_copy: tuple[Path, dict[str, str
     ]
     assert imported["read"]["mentions"] == imported["kept"]["mentions"] + len(dropped_lines)
     assert len(mentions) == imported["kept"]["mentions"]
+
+    # VPWiki: every imported mention is kept or dropped at one counted step
+    counts = json.loads((repo / "reports/vpwiki_counts.json").read_text())
+    assert counts["in"] == len(mentions)
+    vp = json.loads((repo / "reports/grounding.json").read_text())
+    assert vp["automatic"]["n"] > 0 and "random_proposal" in vp
+    split_files = {s: json.loads((repo / f"data/vpwiki/{s}.json").read_text()) for s in SPLITS}
+    assert sum(len(v) for v in split_files.values()) == counts["kept"]
+    for records in split_files.values():
+        for r in records:
+            assert set(r) == {"id", "sentence", "mentions", "entities", "answer", "imgPath"}
+            assert (repo / "data/vpwiki" / r["imgPath"]).is_file()
+    assert (repo / "reports/vpwiki_contact_sheet.png").stat().st_size > 0
+
+    # Detective-VLM answers for every kept mention, IIER metrics for dev and test
+    answers = pd.read_parquet(repo / "data/answers/answers.parquet")
+    assert set(answers["id"]) == {r["id"] for v in split_files.values() for r in v}
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    for split in ("dev", "test"):
+        assert set(metrics[split]) >= {"H@1", "H@5", "H@20", "MRR", "MR", "n"}
+        assert 0 <= metrics[split]["H@1"] <= metrics[split]["H@20"] <= 100
 
     # a second repro has nothing to do
     status = _run([*dvc, "status"], repo, env).stdout

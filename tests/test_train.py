@@ -258,7 +258,8 @@ def test_two_processes_and_evaluate(tiny_project: Path) -> None:
 
 def test_inputs_answers_images_and_problems(tiny_project: Path) -> None:
     """m_w is the VLM answer (or "" when absent, NIL, or switched off); IIER* reads the
-    unprompted source image; a missing image is fed as grey and reported, not zeros."""
+    unprompted source image; a mention with a missing image is dropped and reported, never
+    fed a placeholder."""
     root = tiny_project
     from vpmel.iier_data import InputConfig, load_inputs, read_answers
     from vpmel.schema import read_kb
@@ -278,8 +279,9 @@ def test_inputs_answers_images_and_problems(tiny_project: Path) -> None:
         )  # fmt: skip
 
     data = build()
-    assert data.no_gold == ["m5"] and len(data.mentions_table) == 95
-    assert data.answered == 48  # the even ids (m5, dropped, had none)
+    assert data.no_gold == ["m5"] and len(data.mentions_table) == 94
+    assert "m3" not in set(data.mentions_table["id"]) and len(data.gold) == 94
+    assert data.answered == 48  # the even ids (m3 and m5, both dropped, had none)
     tok = enc.tokenizer
     first = tok.decode(data.mentions.texts.input_ids[0], skip_special_tokens=False)
     assert first.startswith("[CLS] red misc [SEP] a photo of")
@@ -288,6 +290,7 @@ def test_inputs_answers_images_and_problems(tiny_project: Path) -> None:
     batch = data.mentions.inputs([0, 3])
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
     assert data.image_problems()["mentions"] == {"m3": "missing_image"}
+    assert data.mentions.images.paths[3] != "train_img/gone.png"
     assert not build(use_answers=False).answered
     source = build(use_prompted_image=False)
     assert source.mentions.images.root == root / "data/dataset"

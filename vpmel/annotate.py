@@ -10,13 +10,14 @@ list of :class:`Request` and answer in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from vpmel.boxes import pairwise_iou, sliding_windows
@@ -60,11 +61,18 @@ class ClipBackend:
         self.seed = seed
         self.calibration: tuple[float, float] | None = None
 
+    chunk_images: int = 64  # images whose crops go through the encoder together
+
+    def _chunks(self, images: list[Path], track: Track, what: str) -> Iterator[list[Path]]:
+        chunks = [
+            images[i : i + self.chunk_images] for i in range(0, len(images), self.chunk_images)
+        ]
+        yield from track(chunks, description=f"{what} ({len(images)} images)", total=len(chunks))
+
     def _regions(self, images: list[Path], track: Track, what: str) -> dict[Path, RegionScores]:
         out = {}
-        for path in track(images, description=what, total=len(images)):
-            with Image.open(path) as img:
-                out[path] = self.annotator.regions(img)
+        for chunk in self._chunks(images, track, what):
+            out.update(zip(chunk, self.annotator.regions_many(_open(chunk)), strict=True))
         return out
 
     def entail(self, requests: Sequence[Request], track: Track = no_progress) -> np.ndarray:
@@ -107,15 +115,25 @@ class ClipBackend:
         by_image: dict[Path, list[int]] = {}
         for i, r in enumerate(requests):
             by_image.setdefault(r.image, []).append(i)
-        for path in track(sorted(by_image), description="ground", total=len(by_image)):
-            idx = by_image[path]
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                regions = self.annotator.regions(img)
-                phrases = self.annotator.phrases([requests[i].text for i in idx])
-                b, s = self.annotator.ground(img, regions, phrases)
-            boxes[idx], scores[idx] = b, s
+        texts = sorted({r.text for r in requests})
+        emb = dict(zip(texts, self.annotator.phrases(texts), strict=True))
+        for chunk in self._chunks(sorted(by_image), track, "ground"):
+            images = _open(chunk)
+            regions = self.annotator.regions_many(images)
+            idx = [i for path in chunk for i in by_image[path]]
+            owner = [k for k, path in enumerate(chunk) for _ in by_image[path]]
+            phrases = torch.stack([emb[requests[i].text] for i in idx])
+            boxes[idx], scores[idx] = self.annotator.ground_many(images, regions, phrases, owner)
         return boxes, scores
+
+
+def _open(paths: Sequence[Path]) -> list[Image.Image]:
+    """The images at ``paths``, loaded as RGB (files closed)."""
+    out = []
+    for path in paths:
+        with Image.open(path) as img:
+            out.append(img.convert("RGB"))
+    return out
 
 
 def random_proposal_boxes(

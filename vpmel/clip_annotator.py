@@ -8,7 +8,10 @@ the spirit of ReCLIP, a phrase is grounded by scoring region proposals against i
    ``top_k`` most object-like windows are sent through the encoder.
 2. *Scoring*: each proposal is cropped (with a little context) and encoded once per image;
    the phrase's similarity to every crop is a dot product of normalised embeddings.
-3. *Grounding* returns the best crop's box; *entailment* turns the best similarity into a
+3. *Grounding* returns the crop with the best similarity plus ``objectness_weight`` times
+   its objectness (z-scored within the image) — an object prior that prefers windows
+   framing a whole object over ones that cut one — optionally refined by a local search;
+   *entailment* turns the best similarity into a
    probability with a logistic calibration ``p = sigmoid(a * s + b)`` fitted without labels
    by :func:`fit_calibration`: each image against its own phrase (positive) and against the
    phrase of another image (negative).
@@ -40,9 +43,10 @@ class ImageTextEncoder(Protocol):
 class ProposalConfig:
     sizes: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # window side / shorter image side
     aspect_ratios: tuple[float, ...] = (1.0,)
-    overlap: float = 0.5
-    top_k: int = 24  # proposals scored by the encoder per image
-    context: float = 0.1  # crop margin around a proposal, as a share of its side
+    overlap: float = 0.75
+    top_k: int = 40  # proposals scored by the encoder per image
+    context: float = 0.2  # crop margin around a proposal, as a share of its side
+    objectness_weight: float = 0.04  # grounding score = similarity + this * objectness z
     whole_image: bool = True  # also score the whole image (entailment of large objects)
     refine_steps: int = 2  # local search rounds around the best proposal (0: none)
     refine_shift: float = 0.25  # first round's shift, as a share of the box side
@@ -83,15 +87,30 @@ def objectness(image: Image.Image, boxes: np.ndarray, surround: float = 0.25) ->
     return inside / np.maximum(inside_area, 1) - ring
 
 
-def propose(image: Image.Image, cfg: ProposalConfig) -> np.ndarray:
-    """The ``top_k`` most object-like windows (plus the whole image when configured)."""
+@dataclass(frozen=True)
+class Objectness:
+    """An image's objectness scale: z = (objectness - mean) / std over all its windows."""
+
+    mean: float
+    std: float
+
+    def z(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
+        return (objectness(image, boxes) - self.mean) / self.std
+
+
+def propose(image: Image.Image, cfg: ProposalConfig) -> tuple[np.ndarray, np.ndarray, Objectness]:
+    """The ``top_k`` most object-like windows (plus the whole image when configured), their
+    objectness z-scores and the image's objectness scale."""
     w, h = image.size
     windows = sliding_windows(w, h, cfg.sizes, cfg.aspect_ratios, cfg.overlap)
-    order = np.argsort(-objectness(image, windows), kind="stable")
-    boxes = windows[order[: cfg.top_k]]
+    score = objectness(image, windows)
+    scale = Objectness(float(score.mean()), float(score.std()) or 1.0)
+    order = np.argsort(-score, kind="stable")[: cfg.top_k]
+    boxes, z = windows[order], (score[order] - scale.mean) / scale.std
     if cfg.whole_image:
-        boxes = np.concatenate([boxes, [[0.0, 0.0, float(w), float(h)]]])
-    return boxes
+        whole = np.array([[0.0, 0.0, float(w), float(h)]])
+        boxes, z = np.concatenate([boxes, whole]), np.concatenate([z, scale.z(image, whole)])
+    return boxes, z, scale
 
 
 def _local_moves(box: np.ndarray, step: float, width: int, height: int) -> np.ndarray:
@@ -128,6 +147,8 @@ class RegionScores:
 
     boxes: np.ndarray  # (K, 4)
     embeddings: torch.Tensor  # (K, d), L2-normalised
+    objectness: np.ndarray  # (K,) z-scores within the image
+    scale: Objectness
 
     def similarities(self, phrase_embeddings: torch.Tensor) -> np.ndarray:
         """(P, K) cosine similarity of each phrase to each proposal."""
@@ -144,10 +165,21 @@ class ClipAnnotator:
 
     @torch.no_grad()
     def regions(self, image: Image.Image) -> RegionScores:
-        image = image.convert("RGB")
-        boxes = propose(image, self.proposals)
-        crops = [crop(image, b, self.proposals.context) for b in boxes]
-        return RegionScores(boxes, self.encoder.encode_images(crops).float())
+        return self.regions_many([image])[0]
+
+    @torch.no_grad()
+    def regions_many(self, images: Sequence[Image.Image]) -> list[RegionScores]:
+        """Proposals and their embeddings for several images, in one encoder batch."""
+        images = [im.convert("RGB") for im in images]
+        proposed = [propose(im, self.proposals) for im in images]
+        crops = [
+            crop(im, b, self.proposals.context)
+            for im, (bs, _, _) in zip(images, proposed, strict=True)
+            for b in bs
+        ]
+        embeddings = self.encoder.encode_images(crops).float()
+        parts = torch.split(embeddings, [len(b) for b, _, _ in proposed])
+        return [RegionScores(b, e, z, sc) for (b, z, sc), e in zip(proposed, parts, strict=True)]
 
     @torch.no_grad()
     def phrases(self, texts: list[str]) -> torch.Tensor:
@@ -156,37 +188,58 @@ class ClipAnnotator:
     def ground(
         self, image: Image.Image, regions: RegionScores, phrase_embeddings: torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Best box (P, 4) and its similarity (P,) for each phrase.
+        """Best box (P, 4) and its similarity (P,) for each phrase in one image."""
+        owner = [0] * len(phrase_embeddings)
+        return self.ground_many([image], [regions], phrase_embeddings, owner)
+
+    @torch.no_grad()
+    def ground_many(
+        self,
+        images: Sequence[Image.Image],
+        regions: Sequence[RegionScores],
+        phrase_embeddings: torch.Tensor,
+        owner: Sequence[int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Best box (P, 4) and its score (similarity + objectness prior, (P,)) for each
+        phrase; phrase ``p`` belongs to ``images[owner[p]]``.
 
         The best proposal (the whole-image one excluded when smaller ones exist) is then
         refined by a local search: shifted and rescaled copies are scored and the best kept,
-        ``refine_steps`` times with halving steps — the window grid alone is coarse.
+        ``refine_steps`` times with halving steps — the window grid alone is coarse. Each
+        round encodes the moves of every phrase in one batch.
         """
-        sims = regions.similarities(phrase_embeddings)
-        whole = self.proposals.whole_image and len(regions.boxes) > 1
-        candidates = sims[:, :-1] if whole else sims
-        best = candidates.argmax(axis=1)
-        boxes = regions.boxes[best].copy()
-        scores = candidates[np.arange(len(best)), best].copy()
-        image = image.convert("RGB")
-        for p in range(len(boxes)):
-            boxes[p], scores[p] = self._refine(image, boxes[p], scores[p], phrase_embeddings[p])
-        return boxes, scores
-
-    @torch.no_grad()
-    def _refine(
-        self, image: Image.Image, box: np.ndarray, score: float, phrase: torch.Tensor
-    ) -> tuple[np.ndarray, float]:
-        w, h = image.size
+        images = [im.convert("RGB") for im in images]
+        weight = self.proposals.objectness_weight
+        n = len(owner)
+        boxes, scores = np.zeros((n, 4)), np.zeros(n)
+        for p, i in enumerate(owner):
+            r = regions[i]
+            score = r.similarities(phrase_embeddings[p][None])[0] + weight * r.objectness
+            if self.proposals.whole_image and len(score) > 1:
+                score = score[:-1]  # the whole image is the last proposal
+            best = int(score.argmax())
+            boxes[p], scores[p] = r.boxes[best], score[best]
         step = self.proposals.refine_shift
         for _ in range(self.proposals.refine_steps):
-            moves = _local_moves(box, step, w, h)
-            crops = [crop(image, b, self.proposals.context) for b in moves]
-            sims = (self.encoder.encode_images(crops).float() @ phrase).numpy()
-            if sims.max() > score:
-                box, score = moves[int(sims.argmax())], float(sims.max())
+            moves = [_local_moves(boxes[p], step, *images[i].size) for p, i in enumerate(owner)]
+            crops = [
+                crop(images[i], b, self.proposals.context)
+                for p, i in enumerate(owner)
+                for b in moves[p]
+            ]
+            if crops:
+                emb = torch.split(
+                    self.encoder.encode_images(crops).float(), [len(m) for m in moves]
+                )
+                for p in range(n):
+                    if len(moves[p]) == 0:
+                        continue
+                    prior = regions[owner[p]].scale.z(images[owner[p]], moves[p])
+                    sims = (emb[p] @ phrase_embeddings[p]).numpy() + weight * prior
+                    if sims.max() > scores[p]:
+                        boxes[p], scores[p] = moves[p][int(sims.argmax())], float(sims.max())
             step /= 2
-        return box, score
+        return boxes, scores
 
     def match_score(self, regions: RegionScores, phrase_embeddings: torch.Tensor) -> np.ndarray:
         """(P,) best similarity of each phrase over all proposals (the entailment evidence)."""

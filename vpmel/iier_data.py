@@ -7,8 +7,11 @@
 * Mention image: the prompted image (red box drawn in, relative to the VPWiki folder) or,
   for the paper's IIER* ablation, the unprompted ``source_image`` (relative to the dataset).
   Entity image: the first of the KB row's images.
-* An image that is missing or cannot be decoded (and an entity without any image) is fed as
-  a plain grey picture and *reported*: :attr:`ImageBank.problems` names every such row.
+* A mention whose image is missing or cannot be decoded is dropped before anything is
+  built and listed by id with the reason (:attr:`IIERInputs.dropped_images`); nothing is fed
+  in its place. A KB entity without any image stays a candidate (the ranking is over the
+  whole KB) and is encoded from a blank picture; those entities are counted and listed
+  (:attr:`ImageBank.problems`). An entity image that is listed but unreadable is an error.
 
 Texts are tokenised once up front (padded to the longest text, at most ``max_text_length``
 tokens) and each batch is trimmed to its own longest text; padding is masked by the model.
@@ -29,7 +32,7 @@ from torch import Tensor
 
 from vpmel.images import ImageProblem, load_image, resolve_inside
 
-PLACEHOLDER_GREY = (127, 127, 127)
+BLANK_GREY = (127, 127, 127)  # the picture of a KB entity that has no image
 
 
 @dataclass(frozen=True)
@@ -179,12 +182,11 @@ class ImageBank:
         rel = self.paths[row]
         if rel is None:
             self.problems[row] = "no_image"
-            return Image.new("RGB", (self.image_size, self.image_size), PLACEHOLDER_GREY)
+            return Image.new("RGB", (self.image_size, self.image_size), BLANK_GREY)
         try:
             return load_image(resolve_inside(self.root, rel), self.max_side).image
         except ImageProblem as problem:
-            self.problems[row] = str(problem.reason)
-            return Image.new("RGB", (self.image_size, self.image_size), PLACEHOLDER_GREY)
+            raise ValueError(f"{self.root / rel} (row {row}): {problem}") from problem
 
     def inputs(self, rows: Sequence[int]) -> dict[str, Tensor]:
         """``pixel_values`` for ``rows``, or the cached tower outputs when there are any."""
@@ -343,6 +345,7 @@ class IIERInputs:
     gold: Tensor  # KB row per kept mention
     no_gold: list[str]  # ids of mentions dropped because their gold QID is not in the KB
     answered: int  # mentions whose m_w is a Detective-VLM answer
+    dropped_images: dict[str, str] = field(default_factory=dict)  # mention id -> reason
 
     def rows(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.mentions_table["split"]) if s == split]
@@ -363,11 +366,9 @@ class IIERInputs:
 
     def image_problems(self) -> dict[str, dict[str, str]]:
         """{"mentions": {id: reason}, "entities": {qid: reason}} for the quality report."""
-        m_ids, e_ids = self.mentions_table["id"].tolist(), self.kb_table["qid"].tolist()
+        e_ids = self.kb_table["qid"].tolist()
         return {
-            "mentions": {
-                str(m_ids[r]): why for r, why in sorted(self.mentions.images.problems.items())
-            },
+            "mentions": dict(self.dropped_images),
             "entities": {
                 str(e_ids[r]): why for r, why in sorted(self.entities.images.problems.items())
             },
@@ -392,8 +393,15 @@ def load_inputs(
     keep = (gold >= 0).numpy()
     mentions = mentions[keep].reset_index(drop=True)
     gold = gold[torch.as_tensor(keep)]
-    pairs = mention_text_pairs(mentions, answers, cfg.use_answers)
     root, paths = mention_image_paths(mentions, vpwiki, dataset, cfg.use_prompted_image)
+    bad = unusable_images(root, paths)
+    dropped = {str(mentions["id"].iloc[i]): why for i, why in bad.items()}
+    if bad:
+        ok = [i for i in range(len(mentions)) if i not in bad]
+        mentions = mentions.iloc[ok].reset_index(drop=True)
+        gold = gold[torch.as_tensor(ok, dtype=torch.long)]
+        paths = [paths[i] for i in ok]
+    pairs = mention_text_pairs(mentions, answers, cfg.use_answers)
     m_side = Side(
         ImageBank(root, list(paths), to_pixels, image_size, cache_images),
         TextBank.from_pairs(tokenizer, pairs, cfg.max_text_length),
@@ -410,11 +418,34 @@ def load_inputs(
         gold,
         missing,
         sum(1 for a, _ in pairs if a),
+        dropped,
     )
 
 
-def read_answers(path: Path | None) -> dict[str, str] | None:
-    """The answers table (Parquet: id, raw, name, type) as id → answer, None if absent."""
-    if path is None or not Path(path).is_file():
-        return None
+def unusable_images(root: Path, paths: Sequence[str]) -> dict[int, str]:
+    """Row -> reason for each image that is missing or whose header cannot be read."""
+    out = {}
+    for i, rel in enumerate(paths):
+        try:
+            with Image.open(resolve_inside(root, rel)) as img:
+                img.verify()
+        except ImageProblem as problem:
+            out[i] = str(problem.reason)
+        except FileNotFoundError:
+            out[i] = "missing_image"
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            out[i] = "unreadable_image"
+    return out
+
+
+def read_answers(path: Path) -> dict[str, str]:
+    """The answers table (Parquet: id, raw, name, type) as id → answer.
+
+    A missing table is an error, never an empty m_w for every mention: run the `answers`
+    stage, or switch answers off (``train.use_answers: false``, the paper's IIER†)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path}: no Detective-VLM answers; run `dvc repro answers` "
+            "or set train.use_answers: false (IIER†)"
+        )
     return answer_strings(pd.read_parquet(path))

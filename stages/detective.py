@@ -1,0 +1,139 @@
+"""DVC stage `detective`: instruction data from the train split; tune Detective-VLM.
+
+Builds one instruction per train mention with the paper's template (§5.2) and writes them to
+`data/detective/instructions.jsonl`; tunes the model `detective.model` names — `demo` (a
+tiny LLaVA built from config, vision tower from `models/encoder`, tokenizer from the
+world's vocabulary) or any image-text-to-text checkpoint (full or LoRA) — and writes it to
+`models/detective/` (see `vpmel.detective`). Tuning statistics go to
+`reports/detective_tuning.json`. Multi-GPU: `accelerate launch -m stages.detective`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import torch
+import typer
+from accelerate import Accelerator
+
+from stages.console import clear_errors, console
+from vpmel.detective import (
+    DEMO,
+    PROMPT_FORMATS,
+    DetectiveMeta,
+    build_demo_tokenizer,
+    build_demo_vlm,
+    demo_corpus,
+    demo_vlm_config,
+    instruction_records,
+    load_pretrained,
+    save_detective,
+)
+from vpmel.detective_training import TuneConfig, tune
+from vpmel.params import PARAMS_FILE, load_params
+from vpmel.schema import ENTITY_TYPES, read_kb
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def usable(mentions: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Mentions with a gold name and one of the seven types (others cannot be targets)."""
+    ok = mentions["entity_name"].notna() & mentions["type"].isin(ENTITY_TYPES)
+    return mentions[ok], int((~ok).sum())
+
+
+@app.command()
+def main(
+    vpwiki: Path = typer.Option(Path("data/vpwiki"), help="the VPWiki dataset folder"),
+    dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset (its KB)"),
+    encoder_dir: Path = typer.Option(Path("models/encoder"), help="demo vision tower source"),
+    instructions: Path = typer.Option(Path("data/detective/instructions.jsonl")),
+    out: Path = typer.Option(Path("models/detective"), help="the tuned model folder"),
+    reports: Path = typer.Option(Path("reports")),
+    params_file: Path = typer.Option(PARAMS_FILE, "--params"),
+) -> None:
+    with clear_errors("detective"):
+        p = load_params("detective", params_file)
+        if p.get("threads"):
+            torch.set_num_threads(int(p["threads"]))
+        prompt_format = p.get("prompt_format", "plain")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"detective.prompt_format must be one of {PROMPT_FORMATS}")
+        cfg = TuneConfig.from_params(
+            {"mode": p["mode"], "seed": p["seed"], **p["train"], "lora": p.get("lora")}
+        )
+        accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision
+        )
+        main_process = accelerator.is_main_process
+        mentions = pd.read_parquet(vpwiki / "mentions.parquet")
+        train, bad_train = usable(mentions[mentions["split"] == "train"])
+        dev, _ = usable(mentions[mentions["split"] == "dev"])
+        if train.empty:
+            raise ValueError(f"{vpwiki}: no usable train mentions")
+        torch.manual_seed(int(p["seed"]))
+        if p["model"] == DEMO:
+            kb = read_kb(dataset)
+            tokenizer = build_demo_tokenizer(demo_corpus(kb["name"], train["sentence"]))
+            encoder = encoder_dir if (encoder_dir / "vision").is_dir() else None
+            if encoder is None:
+                console.print(f"detective: no encoder at {encoder_dir}; fresh vision tower")
+            model, processor = build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder)
+            base, dtype = "base", "float32"
+        else:
+            dtype = str(p.get("dtype", "auto"))
+            model, processor = load_pretrained(
+                p["model"], bool(p.get("trust_remote_code", False)), dtype
+            )
+            base = str(p["model"])
+    console.print(
+        f"detective: {len(train)} train instructions ({bad_train} without name/type dropped), "
+        f"{len(dev)} dev; model {p['model']} ({cfg.mode})"
+    )
+    records = instruction_records(train, processor, prompt_format, vpwiki)
+    dev_records = instruction_records(dev, processor, prompt_format, vpwiki)
+    if main_process:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        if base == "base":
+            model.save_pretrained(out / "base")
+            processor.save_pretrained(out / "base")
+        instructions.parent.mkdir(parents=True, exist_ok=True)
+        with instructions.open("w") as handle:
+            for rec in records:
+                handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    tuned, result = tune(model, processor, records, cfg, dev_records, accelerator)
+    if main_process:
+        meta = DetectiveMeta(
+            base=base,
+            mode=cfg.mode,
+            prompt_format=prompt_format,
+            trust_remote_code=bool(p.get("trust_remote_code", False)),
+            dtype=dtype,
+        )
+        save_detective(out, tuned, processor, meta)
+        reports.mkdir(parents=True, exist_ok=True)
+        stats = {
+            "model": str(p["model"]),
+            "mode": cfg.mode,
+            "train_instructions": len(records),
+            "dev_instructions": len(dev_records),
+            "dropped": bad_train,
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "seconds": result.seconds,
+            "trainable_params": result.trainable_params,
+            "train_loss": result.train_loss,
+            "dev_loss": result.dev_loss,
+        }
+        (reports / "detective_tuning.json").write_text(json.dumps(stats, indent=1) + "\n")
+        console.print(f"detective: tuned in {result.seconds:.0f} s, dev loss {result.dev_loss}")
+        console.print(f"detective: wrote {instructions} and {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,203 @@
+"""Detective-VLM answers: the resumable cache, generation, metrics and the stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+from test_detective import TINY
+from typer.testing import CliRunner
+
+from stages.answers import app
+from vpmel.answers import (
+    AnswerCache,
+    answers_table,
+    exact_match,
+    fill_cache,
+    fingerprint,
+    model_answer_fn,
+)
+from vpmel.detective import (
+    DetectiveMeta,
+    build_demo_tokenizer,
+    build_demo_vlm,
+    demo_corpus,
+    save_detective,
+)
+
+
+def mentions(n: int = 10) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": [f"m{i}" for i in range(n)],
+            "split": ["train", "dev", "test", "test", "dev"] * (n // 5) + ["train"] * (n % 5),
+            "sentence": [f"a trombone number {i}" for i in range(n)],
+            "entity_name": ["trombone"] * n,
+            "type": ["Works"] * n,
+        }
+    )
+
+
+class Failing:
+    """An answer function that records its calls and fails once ``fail_after`` are done."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.fail_after = fail_after
+        self.seen: list[str] = []
+
+    def __call__(self, rows: pd.DataFrame) -> list[str]:
+        if self.fail_after is not None and len(self.seen) >= self.fail_after:
+            raise RuntimeError("injected failure")
+        self.seen.extend(rows["id"])
+        return [f"trombone Works ({i})" if i != "m1" else "Germany Country" for i in rows["id"]]
+
+
+def test_cache_resumes_after_a_crash_without_loss_or_duplicates(tmp_path: Path) -> None:
+    cache = AnswerCache(tmp_path, "model-a")
+    first = Failing(fail_after=6)
+    with pytest.raises(RuntimeError, match="injected"):
+        fill_cache(cache, mentions(), first, chunk_size=3, progress=False)
+    assert first.seen == [f"m{i}" for i in range(6)]
+    assert sorted(cache.cached_ids()) == sorted(first.seen)  # nothing generated was lost
+    before = cache.load().set_index("id")
+
+    second = Failing()
+    table, generated = fill_cache(cache, mentions(), second, chunk_size=3, progress=False)
+    assert second.seen == [f"m{i}" for i in range(6, 10)]  # cached ids not regenerated
+    assert generated == 4
+    assert len(table) == 10 and table["id"].is_unique
+    assert table.set_index("id").loc[before.index].equals(before)
+    again, generated = fill_cache(cache, mentions(), Failing(0), chunk_size=3, progress=False)
+    assert generated == 0 and len(again) == 10
+
+
+def test_compact_merges_parts_and_reading_drops_duplicates(tmp_path: Path) -> None:
+    cache = AnswerCache(tmp_path, "k")
+    fill_cache(cache, mentions(), Failing(), chunk_size=4, progress=False)
+    assert len(cache.parts()) == 3
+    cache.compact()
+    assert len(cache.parts()) == 1 and len(cache.load()) == 10
+    # a crash between writing the merged part and deleting the old ones: duplicates
+    cache.append(cache.load().head(3))
+    assert len(cache.parts()) == 2 and len(cache.load()) == 10
+    assert not list(cache.folder.glob(".*.tmp"))
+
+
+def test_parsed_columns_and_metrics() -> None:
+    ms = mentions()
+    cache_rows = pd.DataFrame(
+        {
+            "id": ms["id"],
+            "raw": ["x"] * 10,
+            "name": ["Trombone", None, "tuba"] + ["trombone "] * 7,
+            "type": ["Works", "Works", None] + ["Misc"] * 7,
+        }
+    )
+    table = answers_table(ms, cache_rows)
+    assert list(table.columns) == ["id", "split", "raw", "name", "type"]
+    scores = exact_match(table, ms)
+    # dev: m1 (name None), m4, m6, m9; test: m2 (tuba), m3, m7, m8
+    assert scores["dev"] == {
+        "n": 4,
+        "name_accuracy": 0.75,
+        "type_accuracy": 0.25,
+        "unparsed_type": 0,
+    }
+    assert scores["test"]["name_accuracy"] == 0.75 and scores["test"]["unparsed_type"] == 1
+    with pytest.raises(ValueError, match="no answer"):
+        answers_table(ms, cache_rows.head(5))
+
+
+def test_fingerprint_follows_files_and_settings(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.bin").write_bytes(b"1")
+    a = fingerprint([tmp_path / "m"], max_new_tokens=8)
+    assert a == fingerprint([tmp_path / "m"], max_new_tokens=8)
+    assert a != fingerprint([tmp_path / "m"], max_new_tokens=9)
+    (tmp_path / "m" / "w.bin").write_bytes(b"2")
+    assert a != fingerprint([tmp_path / "m"], max_new_tokens=8)
+
+
+# ---------------------------------------------------------------------------- with a model
+
+
+def tiny_vpwiki(root: Path, n: int = 10) -> pd.DataFrame:
+    ms = mentions(n)
+    ms["prompted_image"] = [
+        f"{s}_img/mention_{i}.png" for i, s in zip(ms["id"], ms["split"], strict=True)
+    ]
+    for i, rel in enumerate(ms["prompted_image"]):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (20 * i, 100, 50)).save(root / rel)
+    ms.to_parquet(root / "mentions.parquet", index=False)
+    return ms
+
+
+def tiny_model_folder(folder: Path) -> None:
+    tok = build_demo_tokenizer(demo_corpus(["trombone", "Germany"], ["a trombone number"]))
+    torch.manual_seed(0)
+    model, processor = build_demo_vlm(TINY, tok)
+    model.save_pretrained(folder / "base")
+    processor.save_pretrained(folder / "base")
+    torch.manual_seed(1)
+    with torch.no_grad():  # "tuned": other weights than the base
+        for p in model.model.language_model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    save_detective(folder, model, processor, DetectiveMeta(base="base"))
+
+
+def test_generation_answers_every_row(tmp_path: Path) -> None:
+    ms = tiny_vpwiki(tmp_path / "vpwiki", n=5)
+    tiny_model_folder(tmp_path / "model")
+    from vpmel.detective import load_detective
+
+    model, processor, _ = load_detective(tmp_path / "model")
+    answer = model_answer_fn(model, processor, tmp_path / "vpwiki", batch_size=2, max_new_tokens=4)
+    raws = answer(ms)
+    assert len(raws) == 5 and all(isinstance(r, str) for r in raws)
+    assert answer(ms.iloc[[3]]) == raws[3:4]  # batch composition does not change an answer
+
+
+def test_stage_writes_answers_and_metrics_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    ms = tiny_vpwiki(tmp_path / "vpwiki")
+    tiny_model_folder(tmp_path / "model")
+    params = tmp_path / "params.yaml"
+    section = {"untuned": False, "batch_size": 4, "max_new_tokens": 4, "chunk_size": 4}
+    params.write_text(yaml.safe_dump({"answers": section}))
+    args = [
+        "--vpwiki", str(tmp_path / "vpwiki"),
+        "--model-dir", str(tmp_path / "model"),
+        "--out", str(tmp_path / "answers"),
+        "--reports", str(tmp_path / "reports"),
+        "--params", str(params),
+    ]  # fmt: skip
+    runner = CliRunner()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "answers" / "answers.parquet")
+    assert table["id"].tolist() == ms["id"].tolist()
+    report = json.loads((tmp_path / "reports" / "detective.json").read_text())
+    assert report["model"] == "tuned" and set(report) >= {"dev", "test"}
+    assert report["dev"]["n"] == 4 and report["test"]["n"] == 4
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("everything is cached: the model must not even be loaded")
+
+    monkeypatch.setattr("stages.answers.load_detective", no_model)
+    assert runner.invoke(app, args).exit_code == 0
+    assert pd.read_parquet(tmp_path / "answers" / "answers.parquet").equals(table)
+    monkeypatch.undo()
+
+    section["untuned"] = True  # IIER‡: the base model, in a cache of its own
+    params.write_text(yaml.safe_dump({"answers": section}))
+    assert runner.invoke(app, args).exit_code == 0
+    assert len(list((tmp_path / "answers" / "cache").iterdir())) == 2
+    report = json.loads((tmp_path / "reports" / "detective.json").read_text())
+    assert report["model"] == "untuned"
+    untuned = pd.read_parquet(tmp_path / "answers" / "answers.parquet")
+    assert not untuned["raw"].equals(table["raw"])
