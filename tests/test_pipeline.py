@@ -155,3 +155,17 @@ def test_lambda_experiment_is_valid(repo_copy: tuple[Path, dict[str, str]]) -> N
     _run([*dvc, "exp", "run", "-S", "lambda=0.5"], repo, env)
     shown = _run([*dvc, "exp", "show", "--json"], repo, env).stdout
     assert "0.5" in shown
+
+
+def test_params_read_as_dvc_writes_them(tmp_path: Path) -> None:
+    """`dvc exp run -S` rewrites params.yaml with YAML 1.2 (ruamel): `no` stays a string."""
+    from vpmel.params import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  mixed_precision: no\n  on: yes\n  use_answers: false\n  x: True\n")
+    assert load_params("train", path) == {
+        "mixed_precision": "no",
+        "on": "yes",
+        "use_answers": False,
+        "x": True,
+    }
