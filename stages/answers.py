@@ -21,12 +21,14 @@ from accelerate import PartialState
 
 from stages.console import clear_errors, console
 from vpmel.answers import (
+    OOF_FILE,
     AnswerCache,
     answers_table,
     fill_cache,
     fingerprint,
     metrics_report,
     model_answer_fn,
+    with_out_of_fold,
 )
 from vpmel.detective import META_FILE, load_detective, read_meta
 from vpmel.params import PARAMS_FILE, load_params
@@ -41,12 +43,18 @@ def main(
     out: Path = typer.Option(Path("data/answers")),
     reports: Path = typer.Option(Path("reports")),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
+    oof: Path = typer.Option(
+        Path("data/detective") / OOF_FILE, help="the detective stage's out-of-fold answers"
+    ),
+    untuned_flag: bool = typer.Option(
+        None, "--untuned/--tuned", help="override answers.untuned (IIER‡ uses --untuned)"
+    ),
 ) -> None:
     with clear_errors("answers"):
         p = load_params("answers", params_file)
         if p.get("threads"):
             torch.set_num_threads(int(p["threads"]))
-        untuned = bool(p.get("untuned", False))
+        untuned = bool(p.get("untuned", False)) if untuned_flag is None else untuned_flag
         mentions = pd.read_parquet(vpwiki / "mentions.parquet")
         mentions["id"] = mentions["id"].astype(str)
         meta = read_meta(model_dir)
@@ -88,6 +96,16 @@ def main(
         seconds = time.perf_counter() - start
         cache.compact()
         table = answers_table(mentions, cached)
+        train_answers = p.get("train_answers", "final")
+        if train_answers not in ("final", "out_of_fold"):
+            raise ValueError("answers.train_answers must be final or out_of_fold")
+        if train_answers == "out_of_fold" and not untuned:
+            if not oof.is_file():
+                raise FileNotFoundError(
+                    f"{oof}: no out-of-fold answers; set detective.cross_fit.folds >= 2 "
+                    "or answers.train_answers: final"
+                )
+            table = with_out_of_fold(table, pd.read_parquet(oof))
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".answers.parquet.tmp"
     table.to_parquet(tmp, index=False)
@@ -96,6 +114,7 @@ def main(
         "model": "untuned" if untuned else "tuned",
         "fingerprint": key,
         "mentions": len(table),
+        "train_answers": "final" if untuned else train_answers,
     }
     report = metrics_report(table, mentions, info)
     reports.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,11 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from transformers.utils import logging as hf_logging
 
 console = Console(stderr=True)
+# transformers' per-checkpoint "Loading weights" bars only clutter stage logs
+hf_logging.disable_progress_bar()
 
 
 @contextmanager

@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import typer
 from accelerate import Accelerator
 
 from stages.console import clear_errors, console
+from vpmel.answers import OOF_FILE, model_answer_fn, parsed_rows
 from vpmel.detective import (
     DEMO,
     PROMPT_FORMATS,
@@ -74,21 +79,28 @@ def main(
         dev, _ = usable(mentions[mentions["split"] == "dev"])
         if train.empty:
             raise ValueError(f"{vpwiki}: no usable train mentions")
-        torch.manual_seed(int(p["seed"]))
+        cross = dict(p.get("cross_fit") or {})
+        folds = int(cross.get("folds", 0) or 0)
         if p["model"] == DEMO:
             kb = read_kb(dataset)
             tokenizer = build_demo_tokenizer(demo_corpus(kb["name"], train["sentence"]))
             encoder = encoder_dir if (encoder_dir / "vision").is_dir() else None
             if encoder is None:
                 console.print(f"detective: no encoder at {encoder_dir}; fresh vision tower")
-            model, processor = build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder)
             base, dtype = "base", "float32"
+
+            def fresh() -> tuple[Any, Any]:
+                torch.manual_seed(int(p["seed"]))
+                return build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder)
         else:
             dtype = str(p.get("dtype", "auto"))
-            model, processor = load_pretrained(
-                p["model"], bool(p.get("trust_remote_code", False)), dtype
-            )
             base = str(p["model"])
+
+            def fresh() -> tuple[Any, Any]:
+                torch.manual_seed(int(p["seed"]))
+                return load_pretrained(p["model"], bool(p.get("trust_remote_code", False)), dtype)
+
+        model, processor = fresh()
     console.print(
         f"detective: {len(train)} train instructions ({bad_train} without name/type dropped), "
         f"{len(dev)} dev; model {p['model']} ({cfg.mode})"
@@ -133,6 +145,61 @@ def main(
         (reports / "detective_tuning.json").write_text(json.dumps(stats, indent=1) + "\n")
         console.print(f"detective: tuned in {result.seconds:.0f} s, dev loss {result.dev_loss}")
         console.print(f"detective: wrote {instructions} and {out}")
+    oof_file = instructions.parent / OOF_FILE
+    if main_process:  # empty unless cross-fitting: `answers` then says what is missing
+        parsed_rows([], []).to_parquet(oof_file, index=False)
+    if folds > 1:
+        oof, seconds = cross_fit(train, records, folds, int(p["seed"]), fresh, cfg, vpwiki,
+                                 prompt_format, cross, accelerator)  # fmt: skip
+        if main_process:
+            oof.to_parquet(oof_file, index=False)
+            console.print(f"detective: out-of-fold answers for {len(oof)} train mentions "
+                          f"({folds} folds, {seconds:.0f} s) -> {oof_file}")  # fmt: skip
+
+
+def fold_of(pair_ids: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """Fold per mention, whole image–text pairs together, from a seeded permutation."""
+    pairs = pd.unique(pair_ids.astype(str))
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    fold = {pairs[i]: rank % folds for rank, i in enumerate(order)}
+    return pair_ids.astype(str).map(fold).to_numpy()
+
+
+def cross_fit(
+    train: pd.DataFrame,
+    records: list[dict[str, str]],
+    folds: int,
+    seed: int,
+    fresh: Callable[[], tuple[Any, Any]],
+    cfg: TuneConfig,
+    vpwiki: Path,
+    prompt_format: str,
+    cross: dict[str, Any],
+    accelerator: Accelerator,
+) -> tuple[pd.DataFrame, float]:
+    """Answers for the train mentions from models that never saw them.
+
+    The final Detective-VLM has been tuned on every train mention, so its answers there are
+    far better than on dev/test (demo: name 50% vs 10%) and IIER, trained on them, learns to
+    trust m_w more than it should. Each fold's answers come from a model tuned, with the
+    same settings, on the other folds (K-fold cross-fitting, grouped by image–text pair).
+    """
+    start = time.perf_counter()
+    fold = fold_of(train["pair_id"], folds, seed)
+    parts = []
+    for k in range(folds):
+        model, processor = fresh()
+        rest = [r for r, f in zip(records, fold, strict=True) if f != k]
+        tuned, _ = tune(model, processor, rest, cfg, (), accelerator, progress=False)
+        held = train[fold == k]
+        answer = model_answer_fn(tuned.eval(), processor, vpwiki, prompt_format,
+                                 int(cross.get("batch_size", 32)),
+                                 int(cross.get("max_new_tokens", 12)))  # fmt: skip
+        parts.append(parsed_rows(list(held["id"]), answer(held)))
+        console.print(
+            f"detective: fold {k + 1}/{folds}: tuned on {len(rest)}, answered {len(held)}"
+        )
+    return pd.concat(parts, ignore_index=True), time.perf_counter() - start
 
 
 if __name__ == "__main__":

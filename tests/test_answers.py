@@ -201,3 +201,28 @@ def test_stage_writes_answers_and_metrics_and_resumes(tmp_path: Path, monkeypatc
     assert report["model"] == "untuned"
     untuned = pd.read_parquet(tmp_path / "answers" / "answers.parquet")
     assert not untuned["raw"].equals(table["raw"])
+
+
+def test_train_rows_take_their_out_of_fold_answer() -> None:
+    from vpmel.answers import with_out_of_fold
+
+    table = pd.DataFrame(
+        {"id": ["a", "b", "c"], "split": ["train", "train", "test"], "raw": ["x Misc"] * 3}
+    ).assign(name="x", type="Misc")
+    oof = pd.DataFrame({"id": ["a", "b"], "raw": ["y Person", ""], "name": ["y", None],
+                        "type": ["Person", None]})  # fmt: skip
+    out = with_out_of_fold(table, oof)
+    assert out["name"].isna().tolist() == [False, True, False]  # b's answer was NIL
+    assert out["name"][0] == "y" and out["name"][2] == "x" and out["type"][2] == "Misc"
+    with pytest.raises(ValueError, match="no out-of-fold answer"):
+        with_out_of_fold(table, oof.iloc[:1])
+
+
+def test_folds_keep_pairs_together_and_are_seeded() -> None:
+    from stages.detective import fold_of
+
+    pairs = pd.Series(["p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6"])
+    fold = fold_of(pairs, 2, seed=0)
+    assert fold[0] == fold[1] and fold[3] == fold[4]
+    assert sorted(set(fold)) == [0, 1]
+    assert (fold == fold_of(pairs, 2, seed=0)).all()

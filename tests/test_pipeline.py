@@ -142,6 +142,16 @@ def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]
         assert set(metrics[split]) >= {"H@1", "H@5", "H@20", "MRR", "MR", "n"}
         assert 0 <= metrics[split]["H@1"] <= metrics[split]["H@20"] <= 100
 
+    # the report: baselines, the three ablations and the full model, offline pictures
+    baselines = json.loads((repo / "reports/baselines.json").read_text())
+    assert set(baselines) >= {"clip_zero_shot", "text_only", "text_only_no_vlm"}
+    for key in ("iier_star", "iier_dagger", "iier_ddagger"):
+        assert "test" in json.loads((repo / f"reports/ablate/{key}/metrics.json").read_text())
+    report = (repo / "reports/report.md").read_text()
+    assert "IIER (full)" in report and "not run" not in report
+    for png in ("report_hits.png", "report_training.png", "report_cases.png"):
+        assert (repo / "reports" / png).stat().st_size > 0
+
     # a second repro has nothing to do
     status = _run([*dvc, "status"], repo, env).stdout
     assert "up to date" in status.lower(), status

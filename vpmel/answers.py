@@ -45,6 +45,27 @@ AnswerFn = Callable[[pd.DataFrame], Sequence[str]]
 # ---------------------------------------------------------------------------- fingerprints
 
 
+OOF_FILE = "oof_answers.parquet"  # the detective stage's cross-fitted train answers
+
+
+def with_out_of_fold(table: pd.DataFrame, oof: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (id, split, raw, name, type) with each train row's answer replaced by its
+    out-of-fold answer; every train mention must have one."""
+    oof = oof.astype({"id": str}).set_index("id")
+    train = table["split"] == "train"
+    missing = sorted(set(table.loc[train, "id"]) - set(oof.index))
+    if missing:
+        raise ValueError(f"{OOF_FILE}: no out-of-fold answer for train mentions {missing[:5]}")
+    out = table.copy()
+    for column in ("raw", "name", "type"):
+        fold_answer = oof[column].to_dict()
+        out[column] = [
+            (v if isinstance(v := fold_answer[i], str) else None) if t else old
+            for i, t, old in zip(out["id"], train, out[column], strict=True)
+        ]
+    return out
+
+
 def fingerprint(paths: Iterable[Path] = (), **settings: Any) -> str:
     """A short hash of the files under ``paths`` (names and contents) and ``settings``."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -254,4 +275,4 @@ def _matches(predicted: pd.Series, gold: pd.Series) -> list[bool]:
 def metrics_report(
     answers: pd.DataFrame, mentions: pd.DataFrame, info: Mapping[str, Any]
 ) -> dict[str, Any]:
-    return {**info, **exact_match(answers, mentions)}
+    return {**info, **exact_match(answers, mentions, ("train", "dev", "test"))}

@@ -406,10 +406,7 @@ def load_inputs(
         ImageBank(root, list(paths), to_pixels, image_size, cache_images),
         TextBank.from_pairs(tokenizer, pairs, cfg.max_text_length),
     )
-    e_side = Side(
-        ImageBank(Path(dataset), entity_image_paths(kb), to_pixels, image_size, cache_images),
-        TextBank.from_pairs(tokenizer, entity_text_pairs(kb), cfg.max_text_length),
-    )
+    e_side = kb_side(kb, dataset, tokenizer, to_pixels, image_size, cfg, cache_images)
     return IIERInputs(
         mentions,
         kb.reset_index(drop=True),
@@ -419,6 +416,22 @@ def load_inputs(
         missing,
         sum(1 for a, _ in pairs if a),
         dropped,
+    )
+
+
+def kb_side(
+    kb: pd.DataFrame,
+    dataset: Path,
+    tokenizer,
+    to_pixels: Callable[[list[Image.Image]], Tensor],
+    image_size: int,
+    cfg: InputConfig,
+    cache_images: bool = True,
+) -> Side:
+    """The entity side: each KB row's first image and ``(name, attributes)`` text."""
+    return Side(
+        ImageBank(Path(dataset), entity_image_paths(kb), to_pixels, image_size, cache_images),
+        TextBank.from_pairs(tokenizer, entity_text_pairs(kb), cfg.max_text_length),
     )
 
 

@@ -1,0 +1,86 @@
+"""DVC stage `baselines`: zero-shot baselines ranked over the entire KB (vpmel.baselines).
+
+CLIP zero-shot (prompted mention image vs entity image and name, with `models/encoder`) and
+a text-only bi-encoder (mention text with the Detective-VLM answer vs entity name and
+attributes, pretrained MiniLM). Writes `reports/baselines.json`: H@k, MRR, MR per split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import typer
+
+from stages.console import clear_errors, console
+from vpmel.baselines import (
+    clip_zero_shot_scores,
+    entity_texts,
+    evaluate_scores,
+    load_images,
+    mention_texts,
+    text_only_scores,
+)
+from vpmel.encoders import ImageTextEncoder
+from vpmel.iier_data import entity_image_paths, kb_rows, read_answers
+from vpmel.params import PARAMS_FILE, load_params
+from vpmel.schema import read_kb
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    vpwiki: Path = typer.Option(Path("data/vpwiki")),
+    dataset: Path = typer.Option(Path("data/dataset")),
+    answers: Path = typer.Option(Path("data/answers/answers.parquet")),
+    encoder_dir: Path = typer.Option(Path("models/encoder")),
+    reports: Path = typer.Option(Path("reports")),
+    params_file: Path = typer.Option(PARAMS_FILE, "--params"),
+) -> None:
+    with clear_errors("baselines"):
+        splits = tuple(load_params("evaluate", params_file)["splits"])
+        kb = read_kb(dataset)
+        mentions = pd.read_parquet(vpwiki / "mentions.parquet")
+        mentions = mentions[mentions["split"].isin(splits)].reset_index(drop=True)
+        rows = kb_rows(kb)
+        gold = mentions["qid"].astype(str).map(rows)
+        if gold.isna().any():
+            raise ValueError(
+                f"{vpwiki}: gold QIDs not in the KB: {list(mentions['id'][gold.isna()])[:5]}"
+            )
+        encoder = ImageTextEncoder.load(encoder_dir).eval()
+        answer_map = read_answers(answers)
+    gold_rows, split_of = gold.to_numpy(dtype=np.int64), mentions["split"].to_numpy()
+    started = time.perf_counter()
+    m_images = load_images(vpwiki, list(mentions["prompted_image"]))
+    e_images = load_images(dataset, entity_image_paths(kb))
+    results = {
+        "clip_zero_shot": evaluate_scores(
+            clip_zero_shot_scores(encoder, m_images, e_images, list(kb["name"])),
+            gold_rows, split_of, splits,
+        ),
+        "text_only": evaluate_scores(
+            text_only_scores(encoder, mention_texts(mentions, answer_map), entity_texts(kb)),
+            gold_rows, split_of, splits,
+        ),
+        "text_only_no_vlm": evaluate_scores(
+            text_only_scores(encoder, mention_texts(mentions, None), entity_texts(kb)),
+            gold_rows, split_of, splits,
+        ),
+    }  # fmt: skip
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "baselines.json").write_text(json.dumps(results, indent=1) + "\n")
+    for name in ("clip_zero_shot", "text_only", "text_only_no_vlm"):
+        m = results[name]["test"] if "test" in results[name] else next(iter(results[name].values()))
+        console.print(
+            f"baselines: {name}: test H@1 {m['H@1']:.2f} H@5 {m['H@5']:.2f} MRR {m['MRR']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    app()
