@@ -42,6 +42,18 @@ ABLATIONS = {
     "iier_ddagger": "IIER‡ (untuned VLM answers)",
 }
 
+LAYERS = {
+    "layers_12": "CLS of layer 12",
+    "layers_4_10_11_12": "layers 4, 10, 11, 12 (released code)",
+}
+LOSSES = {
+    "loss_o": "L_O",
+    "loss_o_v": "L_O + L_V",
+    "loss_o_t": "L_O + L_T",
+    "loss_o_c": "L_O + L_C",
+}
+FULL = {"Feat": "layers 3, 10, 11, 12 (paper; IIER)", "Loss": "L_O + L_V + L_T + L_C (IIER)"}
+
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -114,6 +126,15 @@ def main(
             plot_hits({k: v for k, v in results.items() if v}, reports / "report_hits.png",
                       "test H@k (whole KB)")  # fmt: skip
     md += ["![H@k](report_hits.png)", ""]
+
+    for title, variants in (
+        ("Feature layers of V^G (Table 5): test", LAYERS),
+        ("Loss terms (Table 9): test", LOSSES),
+    ):
+        rows = {label: (_json(reports / "ablate" / key / "metrics.json") or {}).get("test")
+                for key, label in variants.items()}  # fmt: skip
+        rows[FULL[title[:4]]] = metrics["test"]
+        md += [f"## {title}", "", metrics_table(rows, "test"), ""]
 
     curves = read_live(live)
     if curves:

@@ -50,7 +50,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from stages.console import clear_errors, console
 from vpmel.encoders import resolve_encoder
-from vpmel.iier import IIER, IIERConfig, iier_loss
+from vpmel.iier import IIER, LOSS_TERMS, IIERConfig, iier_loss
 from vpmel.iier_data import (
     ContrastiveCollator,
     IIERInputs,
@@ -99,6 +99,7 @@ class TrainConfig:
     d_t: int = 512
     d_c: int = 96
     cls_layers: tuple[int, ...] = (3, 10, 11, 12)
+    loss_terms: tuple[str, ...] = LOSS_TERMS  # L_X in L = L_O + λ Σ L_X (Table 9)
     text_global: str = "cls"
     max_text_length: int = 40
     mlp_hidden: int | None = None
@@ -113,6 +114,9 @@ class TrainConfig:
         if self.batch_size < 2 or self.grad_accumulation < 1 or self.epochs < 1:
             raise ValueError("train.batch_size >= 2, grad_accumulation >= 1, epochs >= 1")
         object.__setattr__(self, "cls_layers", tuple(int(x) for x in self.cls_layers))
+        object.__setattr__(self, "loss_terms", tuple(str(x) for x in self.loss_terms))
+        if set(self.loss_terms) - set(LOSS_TERMS):
+            raise ValueError(f"train.loss_terms must be a subset of {list(LOSS_TERMS)}")
 
     def model(self) -> IIERConfig:
         keys = {f.name for f in dataclasses.fields(IIERConfig)}
@@ -382,7 +386,8 @@ def train(
                         _to(batch["mention"], accelerator.device),
                         _to(batch["entity"], accelerator.device),
                     )
-                    loss = iier_loss(scores, batch["targets"].to(accelerator.device), lam)
+                    targets = batch["targets"].to(accelerator.device)
+                    loss = iier_loss(scores, targets, lam, cfg.loss_terms)
                     accelerator.backward(loss.total / cfg.grad_accumulation)
                 meta["loss_sums"] = [
                     a + float(b.detach()) for a, b in zip(meta["loss_sums"], loss, strict=True)

@@ -346,6 +346,13 @@ def test_loss_is_lo_plus_lambda_units(tmp_path: Path) -> None:
         ]
         assert loss.total.item() == pytest.approx(parts[0] + lam * sum(parts[1:]), rel=1e-5)
         assert loss.o.item() == pytest.approx(parts[0], rel=1e-5)
+    # Table 9's variants: L_O alone, L_O + one L_X
+    assert iier_loss(scores, targets, 1.0, ()).total.item() == pytest.approx(parts[0], rel=1e-5)
+    for i, term in enumerate("VTC", start=1):
+        one = iier_loss(scores, targets, 0.5, (term,)).total.item()
+        assert one == pytest.approx(parts[0] + 0.5 * parts[i], rel=1e-5)
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        iier_loss(scores, targets, 1.0, ("X",))
 
 
 def test_mentions_sharing_a_gold_entity_are_not_negatives() -> None:

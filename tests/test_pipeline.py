@@ -145,7 +145,7 @@ def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]
     # the report: baselines, the three ablations and the full model, offline pictures
     baselines = json.loads((repo / "reports/baselines.json").read_text())
     assert set(baselines) >= {"clip_zero_shot", "text_only", "text_only_no_vlm"}
-    for key in ("iier_star", "iier_dagger", "iier_ddagger"):
+    for key in ("iier_star", "iier_dagger", "iier_ddagger", "layers_12", "loss_o", "loss_o_c"):
         assert "test" in json.loads((repo / f"reports/ablate/{key}/metrics.json").read_text())
     report = (repo / "reports/report.md").read_text()
     assert "IIER (full)" in report and "not run" not in report

@@ -513,14 +513,27 @@ def contrastive(scores: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(scores.float(), targets)
 
 
-def iier_loss(scores: Scores, targets: Tensor, lam: float) -> Loss:
+LOSS_TERMS = ("V", "T", "C")
+
+
+def iier_loss(
+    scores: Scores, targets: Tensor, lam: float, terms: tuple[str, ...] = LOSS_TERMS
+) -> Loss:
     """§5.5: ``L = L_O + λ (L_V + L_T + L_C)`` over a batch's [B, U] score matrices.
 
     The U columns are the batch's *distinct* gold entities and ``targets[j]`` is mention
     j's column, so mentions that share a gold entity are never each other's negatives.
+    ``terms`` selects which L_X enter the sum (Table 9: L_O alone is ``()``); all four are
+    always returned for logging.
     """
+    unknown = sorted(set(terms) - set(LOSS_TERMS))
+    if unknown:
+        raise ValueError(f"unknown loss terms {unknown}; known: {list(LOSS_TERMS)}")
     o = contrastive(scores.s, targets)
-    v = contrastive(scores.s_v, targets)
-    t = contrastive(scores.s_t, targets)
-    c = contrastive(scores.s_c, targets)
-    return Loss(o + lam * (v + t + c), o, v, t, c)
+    parts = {
+        "V": contrastive(scores.s_v, targets),
+        "T": contrastive(scores.s_t, targets),
+        "C": contrastive(scores.s_c, targets),
+    }
+    auxiliary = sum((parts[x] for x in terms), torch.zeros_like(o))
+    return Loss(o + lam * auxiliary, o, parts["V"], parts["T"], parts["C"])
