@@ -11,7 +11,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import typer
 
@@ -22,10 +21,11 @@ from vpmel.baselines import (
     evaluate_scores,
     load_images,
     mention_texts,
+    text_embeddings,
     text_only_scores,
 )
 from vpmel.encoders import ImageTextEncoder
-from vpmel.iier_data import entity_image_paths, kb_rows, read_answers
+from vpmel.iier_data import entity_image_paths, gold_rows, kb_rows, read_answers
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.schema import read_kb
 
@@ -46,30 +46,30 @@ def main(
         kb = read_kb(dataset)
         mentions = pd.read_parquet(vpwiki / "mentions.parquet")
         mentions = mentions[mentions["split"].isin(splits)].reset_index(drop=True)
-        rows = kb_rows(kb)
-        gold = mentions["qid"].astype(str).map(rows)
-        if gold.isna().any():
+        gold, missing = gold_rows(mentions, kb_rows(kb))
+        if missing:
             raise ValueError(
-                f"{vpwiki}: gold QIDs not in the KB: {list(mentions['id'][gold.isna()])[:5]}"
+                f"{vpwiki}/mentions.parquet: gold QIDs not in the KB, e.g. {missing[:5]}"
             )
         encoder = ImageTextEncoder.load(encoder_dir).eval()
         answer_map = read_answers(answers)
-    gold_rows, split_of = gold.to_numpy(dtype=np.int64), mentions["split"].to_numpy()
+    gold_kb_rows, split_of = gold.numpy(), mentions["split"].to_numpy()
     started = time.perf_counter()
     m_images = load_images(vpwiki, list(mentions["prompted_image"]))
     e_images = load_images(dataset, entity_image_paths(kb))
+    e_texts = text_embeddings(encoder, entity_texts(kb))
     results = {
         "clip_zero_shot": evaluate_scores(
             clip_zero_shot_scores(encoder, m_images, e_images, list(kb["name"])),
-            gold_rows, split_of, splits,
+            gold_kb_rows, split_of, splits,
         ),
         "text_only": evaluate_scores(
-            text_only_scores(encoder, mention_texts(mentions, answer_map), entity_texts(kb)),
-            gold_rows, split_of, splits,
+            text_only_scores(encoder, mention_texts(mentions, answer_map), e_texts),
+            gold_kb_rows, split_of, splits,
         ),
         "text_only_no_vlm": evaluate_scores(
-            text_only_scores(encoder, mention_texts(mentions, None), entity_texts(kb)),
-            gold_rows, split_of, splits,
+            text_only_scores(encoder, mention_texts(mentions, None), e_texts),
+            gold_kb_rows, split_of, splits,
         ),
     }  # fmt: skip
     results["seconds"] = round(time.perf_counter() - started, 1)

@@ -88,17 +88,15 @@ def main(
             if encoder is None:
                 console.print(f"detective: no encoder at {encoder_dir}; fresh vision tower")
             base, dtype = "base", "float32"
-
-            def fresh() -> tuple[Any, Any]:
-                torch.manual_seed(int(p["seed"]))
-                return build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder)
         else:
-            dtype = str(p.get("dtype", "auto"))
-            base = str(p["model"])
+            base, dtype = str(p["model"]), str(p.get("dtype", "auto"))
 
-            def fresh() -> tuple[Any, Any]:
-                torch.manual_seed(int(p["seed"]))
-                return load_pretrained(p["model"], bool(p.get("trust_remote_code", False)), dtype)
+        def fresh() -> tuple[Any, Any]:
+            """The untuned model (the same for the final and each cross-fitting fold)."""
+            torch.manual_seed(int(p["seed"]))
+            if p["model"] == DEMO:
+                return build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder)
+            return load_pretrained(p["model"], bool(p.get("trust_remote_code", False)), dtype)
 
         model, processor = fresh()
     console.print(

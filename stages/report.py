@@ -52,7 +52,6 @@ LOSSES = {
     "loss_o_t": "L_O + L_T",
     "loss_o_c": "L_O + L_C",
 }
-FULL = {"Feat": "layers 3, 10, 11, 12 (paper; IIER)", "Loss": "L_O + L_V + L_T + L_C (IIER)"}
 
 
 def _json(path: Path) -> Any:
@@ -127,13 +126,13 @@ def main(
                       "test H@k (whole KB)")  # fmt: skip
     md += ["![H@k](report_hits.png)", ""]
 
-    for title, variants in (
-        ("Feature layers of V^G (Table 5): test", LAYERS),
-        ("Loss terms (Table 9): test", LOSSES),
+    for title, variants, full in (
+        ("Feature layers of V^G (Table 5): test", LAYERS, "layers 3, 10, 11, 12 (paper; IIER)"),
+        ("Loss terms (Table 9): test", LOSSES, "L_O + L_V + L_T + L_C (IIER)"),
     ):
         rows = {label: (_json(reports / "ablate" / key / "metrics.json") or {}).get("test")
                 for key, label in variants.items()}  # fmt: skip
-        rows[FULL[title[:4]]] = metrics["test"]
+        rows[full] = metrics["test"]
         md += [f"## {title}", "", metrics_table(rows, "test"), ""]
 
     curves = read_live(live)

@@ -1,4 +1,4 @@
-"""Shared test helper: write small images of every kind real datasets contain."""
+"""Shared test helpers: small images of every kind real datasets contain; one torch thread."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 
@@ -61,3 +62,13 @@ def make_image() -> Callable[..., Path]:
 def big_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 5000x4100 JPEG per session (writing it takes a moment); tests copy it."""
     return write_image(tmp_path_factory.mktemp("big") / "big.jpg", "big")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest, and do not stall when cores are shared, on one thread.
+    Modules with tiny torch models use it: ``pytestmark = pytest.mark.usefixtures(...)``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

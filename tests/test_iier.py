@@ -30,13 +30,7 @@ from vpmel.iier import (
 LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and without thread contention) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_encoder(tmp_path: Path, layers: int = 12, text_frozen: bool = False) -> ImageTextEncoder:

@@ -20,13 +20,13 @@ from vpmel.link import Linker, LinkError, parse_box
 from vpmel.retrieval import build_entity_store
 from vpmel.schema import KB_SCHEMA, write_table
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = IIERConfig(d_v=8, d_t=12, d_c=6, text_global="mean", max_text_length=24)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-entity KB and an (untrained) IIER checkpoint that reads no VLM answers."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("link")
     g = np.random.default_rng(0)
     rows = []

@@ -27,13 +27,7 @@ from vpmel.retrieval import (
     shard_range,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 WORDS = "red blue cat dog car tree house river moon star apple bread lamp chair boat".split()
@@ -65,13 +59,10 @@ def random_side(model: IIER, n: int, seed: int, root: Path) -> Side:
 def world(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("ret")
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     model = IIER(tiny_encoder(root / "tok"), tiny_config()).eval()
     entities = random_side(model, 45, 1, root)
     mentions = random_side(model, 11, 2, root)
     gold = torch.tensor(np.random.default_rng(3).integers(0, 45, 11))
-    torch.set_num_threads(threads)
     return model, entities, mentions, gold
 
 

@@ -56,12 +56,12 @@ class ClipBackend:
     a seeded derangement of the images), and a logistic fit maps scores to probabilities.
     """
 
+    chunk_images: int = 64  # images whose crops go through the encoder together
+
     def __init__(self, annotator: ClipAnnotator, seed: int = 0):
         self.annotator = annotator
         self.seed = seed
         self.calibration: tuple[float, float] | None = None
-
-    chunk_images: int = 64  # images whose crops go through the encoder together
 
     def _chunks(self, images: list[Path], track: Track, what: str) -> Iterator[list[Path]]:
         chunks = [

@@ -21,7 +21,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from vpmel.encoder_training import TEXT_VARIANTS
+from vpmel.encoder_training import entity_texts as entity_text_variants
 from vpmel.encoders import ImageTextEncoder
+from vpmel.iier_data import mention_text_pairs
 from vpmel.images import load_image
 from vpmel.metrics import ranking_metrics
 from vpmel.retrieval import pessimistic_ranks
@@ -71,24 +74,22 @@ def text_embeddings(
 
 
 def text_only_scores(
-    encoder: ImageTextEncoder, mention_texts: Sequence[str], entity_texts: Sequence[str]
+    encoder: ImageTextEncoder, mention_texts: Sequence[str], entity_embeddings: torch.Tensor
 ) -> torch.Tensor:
-    return text_embeddings(encoder, mention_texts) @ text_embeddings(encoder, entity_texts).T
+    """[M, N] cosines against entity texts already embedded by :func:`text_embeddings`."""
+    return text_embeddings(encoder, mention_texts) @ entity_embeddings.T
 
 
 def mention_texts(mentions: pd.DataFrame, answers: Mapping[str, str] | None) -> list[str]:
-    answers = answers or {}
-    return [
-        " ".join(x for x in (answers.get(str(i), ""), str(s)) if x)
-        for i, s in zip(mentions["id"], mentions["sentence"], strict=True)
-    ]
+    """IIER's ``(m_w, m_s)`` pair as one string: the answer (if any), then the sentence."""
+    pairs = mention_text_pairs(mentions, answers, use_answers=answers is not None)
+    return [" ".join(x for x in pair if x) for pair in pairs]
 
 
 def entity_texts(kb: pd.DataFrame) -> list[str]:
-    return [
-        f"{n}. {d}" if isinstance(d, str) and d else str(n)
-        for n, d in zip(kb["name"], kb["description"], strict=True)
-    ]
+    """``"{name}. {attributes}"`` (the encoder's name-and-description text variant)."""
+    described = TEXT_VARIANTS.index("name_description")
+    return [variants[described] for variants in entity_text_variants(kb)]
 
 
 def evaluate_scores(

@@ -20,7 +20,7 @@ the spirit of ReCLIP, a phrase is grounded by scoring region proposals against i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -61,10 +61,19 @@ def objectness(image: Image.Image, boxes: np.ndarray, surround: float = 0.25) ->
     box with IoU >= 0.5 to the reference among the top 24 of 105 windows for 86% of
     mentions (random ranking: 45%).
     """
+    return box_objectness(edge_integral(image), boxes, surround)
+
+
+def edge_integral(image: Image.Image) -> np.ndarray:
+    """Integral image (H+1, W+1) of the gradient magnitude — computed once per image."""
     gray = np.asarray(image.convert("L"), dtype=np.float64)
     gy, gx = np.gradient(gray)
-    integral = np.pad(np.hypot(gx, gy).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    height, width = gray.shape
+    return np.pad(np.hypot(gx, gy).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+
+def box_objectness(integral: np.ndarray, boxes: np.ndarray, surround: float = 0.25) -> np.ndarray:
+    """:func:`objectness` of ``boxes`` from an image's :func:`edge_integral`."""
+    height, width = integral.shape[0] - 1, integral.shape[1] - 1
 
     def clipped(x1, y1, x2, y2):
         return (
@@ -89,13 +98,15 @@ def objectness(image: Image.Image, boxes: np.ndarray, surround: float = 0.25) ->
 
 @dataclass(frozen=True)
 class Objectness:
-    """An image's objectness scale: z = (objectness - mean) / std over all its windows."""
+    """An image's objectness: its edge integral image and the scale
+    z = (objectness - mean) / std over all its windows."""
 
+    integral: np.ndarray = field(repr=False)
     mean: float
     std: float
 
-    def z(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
-        return (objectness(image, boxes) - self.mean) / self.std
+    def z(self, boxes: np.ndarray) -> np.ndarray:
+        return (box_objectness(self.integral, boxes) - self.mean) / self.std
 
 
 def propose(image: Image.Image, cfg: ProposalConfig) -> tuple[np.ndarray, np.ndarray, Objectness]:
@@ -103,14 +114,19 @@ def propose(image: Image.Image, cfg: ProposalConfig) -> tuple[np.ndarray, np.nda
     objectness z-scores and the image's objectness scale."""
     w, h = image.size
     windows = sliding_windows(w, h, cfg.sizes, cfg.aspect_ratios, cfg.overlap)
-    score = objectness(image, windows)
-    scale = Objectness(float(score.mean()), float(score.std()) or 1.0)
+    integral = edge_integral(image)
+    score = box_objectness(integral, windows)
+    scale = Objectness(integral, float(score.mean()), float(score.std()) or 1.0)
     order = np.argsort(-score, kind="stable")[: cfg.top_k]
     boxes, z = windows[order], (score[order] - scale.mean) / scale.std
     if cfg.whole_image:
         whole = np.array([[0.0, 0.0, float(w), float(h)]])
-        boxes, z = np.concatenate([boxes, whole]), np.concatenate([z, scale.z(image, whole)])
+        boxes, z = np.concatenate([boxes, whole]), np.concatenate([z, scale.z(whole)])
     return boxes, z, scale
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _local_moves(box: np.ndarray, step: float, width: int, height: int) -> np.ndarray:
@@ -170,7 +186,7 @@ class ClipAnnotator:
     @torch.no_grad()
     def regions_many(self, images: Sequence[Image.Image]) -> list[RegionScores]:
         """Proposals and their embeddings for several images, in one encoder batch."""
-        images = [im.convert("RGB") for im in images]
+        images = [_rgb(im) for im in images]
         proposed = [propose(im, self.proposals) for im in images]
         crops = [
             crop(im, b, self.proposals.context)
@@ -208,7 +224,7 @@ class ClipAnnotator:
         ``refine_steps`` times with halving steps — the window grid alone is coarse. Each
         round encodes the moves of every phrase in one batch.
         """
-        images = [im.convert("RGB") for im in images]
+        images = [_rgb(im) for im in images]
         weight = self.proposals.objectness_weight
         n = len(owner)
         boxes, scores = np.zeros((n, 4)), np.zeros(n)
@@ -234,7 +250,7 @@ class ClipAnnotator:
                 for p in range(n):
                     if len(moves[p]) == 0:
                         continue
-                    prior = regions[owner[p]].scale.z(images[owner[p]], moves[p])
+                    prior = regions[owner[p]].scale.z(moves[p])
                     sims = (emb[p] @ phrase_embeddings[p]).numpy() + weight * prior
                     if sims.max() > scores[p]:
                         boxes[p], scores[p] = moves[p][int(sims.argmax())], float(sims.max())

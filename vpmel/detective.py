@@ -27,10 +27,11 @@ Models:
   world's vocabulary (:func:`build_demo_tokenizer`);
 * paper scale — :func:`load_pretrained`: any ``AutoModelForImageTextToText`` checkpoint
   (hub id or local folder) with its ``AutoProcessor``, e.g. ``llava-hf/llava-1.5-7b-hf``
-  (transformers-native). Remote code runs only with ``trust_remote_code=True``, which no
-  default turns on. The paper's mPLUG-Owl2 (``MAGAer13/mplug-owl2-llama2-7b``) is loaded by
-  its authors through the X-PLUG ``mplug_owl2`` package, not through transformers; a port
-  whose repository ships transformers remote code (``auto_map``) is reachable by setting
+  (transformers-native). Remote code never runs unless the param
+  ``detective.trust_remote_code`` (false by default) is set. The paper's mPLUG-Owl2
+  (``MAGAer13/mplug-owl2-llama2-7b``) is loaded by its authors through the X-PLUG
+  ``mplug_owl2`` package, not through transformers; a port whose repository ships
+  transformers remote code (``auto_map``) is reachable by setting
   ``detective.trust_remote_code: true`` (falling back to ``AutoModelForCausalLM`` when the
   remote code registers no image-text-to-text class).
 

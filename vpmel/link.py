@@ -11,7 +11,6 @@ mention against every KB entity with the full IIER score.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from vpmel.answers import fingerprint, model_answer_fn, parsed_rows
 from vpmel.iier import IIER, EntitySide
 from vpmel.iier_data import (
-    ImageBank,
     InputConfig,
-    Side,
     TextBank,
     answer_strings,
     entity_batches,
@@ -63,14 +61,6 @@ def check_box(box: list[float], width: int, height: int) -> None:
         raise LinkError(f"box {box} is empty or inverted (need X1 < X2 and Y1 < Y2)")
     if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
         raise LinkError(f"box {box} is outside the image ({width} x {height} pixels)")
-
-
-def _fingerprint(*files: Path) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        h.update(hashlib.sha256(f.read_bytes()).digest())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -141,8 +131,7 @@ class Linker:
 
     @torch.no_grad()
     def _kb_index(self, model_dir: Path, dataset: Path, cache_dir: Path) -> EntitySide:
-        weights = sorted(p for p in model_dir.rglob("*.safetensors"))
-        key = _fingerprint(*weights, model_dir / "iier.json", dataset / "kb.parquet")
+        key = fingerprint([model_dir, dataset / "kb.parquet"])
         path = cache_dir / "kb_index" / f"{key}.safetensors"
         if path.is_file():
             return EntitySide(**load_file(path))
@@ -158,12 +147,14 @@ class Linker:
         tmp.rename(path)
         return store
 
-    def _answer(self, folder: Path, sentence: str) -> str:
-        from vpmel.answers import model_answer_fn
-
+    def _answer(self, prompted: Image.Image, sentence: str) -> str:
+        """Detective-VLM's raw answer (its generation reads the image from a file)."""
         model, processor, meta = self.detective
-        answer = model_answer_fn(model, processor, folder, meta.prompt_format, 1, 16)
-        return answer(pd.DataFrame({"sentence": [sentence], "prompted_image": [PROMPTED]}))[0]
+        with tempfile.TemporaryDirectory(prefix="vpmel-link-") as tmp:
+            prompted.save(Path(tmp) / PROMPTED)
+            answer = model_answer_fn(model, processor, Path(tmp), meta.prompt_format, 1, 16)
+            rows = pd.DataFrame({"sentence": [sentence], "prompted_image": [PROMPTED]})
+            return answer(rows)[0]
 
     @torch.no_grad()
     def link(
@@ -177,23 +168,12 @@ class Linker:
         check_box(box, *loaded.original_size)
         scaled = [v * loaded.scale for v in box]
         prompted = draw_prompt(loaded.image, scaled, self.style)
-        with tempfile.TemporaryDirectory(prefix="vpmel-link-") as tmp:
-            prompted.save(Path(tmp) / PROMPTED)
-            raw = self._answer(Path(tmp), text) if self.detective is not None else None
-            source = PROMPTED
-            if not self.inputs.use_prompted_image:  # IIER*: the model never saw the prompt
-                loaded.image.save(Path(tmp) / "source.png")
-                source = "source.png"
-            m_w = ""
-            if raw is not None:
-                from vpmel.answers import parsed_rows
-
-                m_w = answer_strings(parsed_rows(["q"], [raw])).get("q", "")
-            side = Side(
-                ImageBank(Path(tmp), [source], self.to_pixels, self.image_size, False),
-                TextBank.from_pairs(self.tokenizer, [(m_w, text)], self.inputs.max_text_length),
-            )
-            batch = side.inputs([0])
+        raw = self._answer(prompted, text) if self.detective is not None else None
+        m_w = answer_strings(parsed_rows(["q"], [raw])).get("q", "") if raw is not None else ""
+        # IIER* never saw the prompt: it reads the unprompted image
+        image = prompted if self.inputs.use_prompted_image else loaded.image
+        texts = TextBank.from_pairs(self.tokenizer, [(m_w, text)], self.inputs.max_text_length)
+        batch = {"pixel_values": self.to_pixels([image])} | texts.batch(torch.tensor([0]))
         mention = self.model.mention_side(self.model.encode(batch))
         scores = score_block_rows(self.model, mention, self.store, 4096)
         rows = torch.arange(scores.shape[1]).expand_as(scores)

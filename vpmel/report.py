@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from vpmel.metrics import KS
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-KS = (1, 3, 5, 10, 20)
-COLUMNS = ("H@1", "H@3", "H@5", "H@10", "H@20", "MRR")
+COLUMNS = (*(f"H@{k}" for k in KS), "MRR")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
