@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from transformers.utils import logging as hf_logging
 
 console = Console(stderr=True)
@@ -25,5 +26,7 @@ def clear_errors(stage: str) -> Iterator[None]:
         yield
     except (ValueError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        console.print(f"[bold red]{stage}: error:[/] {message}")
+        # soft_wrap: each problem stays one line (rich would break it at the terminal width)
+        text = escape(str(message))  # a message may hold [brackets]: text, not rich markup
+        console.print(f"[bold red]{stage}: error:[/] {text}", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from None

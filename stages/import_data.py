@@ -9,15 +9,15 @@ usable image (RGB, bounded size) into the output folder, writes `kb.parquet` and
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from stages.console import clear_errors, console
+from vpmel.atomic import overlapping, staged_folder
 from vpmel.params import PARAMS_FILE, load_params
-from vpmel.readers import FORMATS, read_dataset, write_dataset
+from vpmel.readers import import_settings, read_dataset, write_dataset
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -29,27 +29,28 @@ def main(
     params_file: Path = typer.Option(PARAMS_FILE, "--params", help="params.yaml to read"),
 ) -> None:
     with clear_errors("import"):
-        p = load_params("import", params_file)
-        fmt = p["format"]
-        if fmt not in FORMATS:
-            raise ValueError(f"{params_file}: import.format {fmt!r} is not one of {FORMATS}")
-        src = Path(p["src"])
-        if not src.is_dir():
-            raise FileNotFoundError(f"{params_file}: import.src {src} is not a folder")
-        kb_dir = Path(p["kb_dir"]) if p.get("kb_dir") else None
-        console.print(f"import: reading {fmt} dataset from {src} (KB from {kb_dir or src})")
-        if out.exists():
-            shutil.rmtree(out)
-        ds = read_dataset(
-            fmt,
-            src,
-            out,
-            mention_files=p.get("mention_files") or None,
-            kb_dir=kb_dir,
-            max_side=int(p["max_side"]),
-            source=p.get("source") or None,
-        )
-        write_dataset(ds, out)
+        cfg = import_settings(load_params("import", params_file), str(params_file))
+        for name, folder in (("src", cfg.src), ("kb_dir", cfg.kb_dir)):
+            if folder is not None and overlapping(out, folder):
+                raise ValueError(
+                    f"--out {out} overlaps import.{name} {folder} (the same folder, or one "
+                    "inside the other): importing there would overwrite the source; "
+                    "choose another output folder (nothing was changed)"
+                )
+        kb_dir = cfg.kb_dir or cfg.src
+        console.print(f"import: reading {cfg.format} dataset from {cfg.src} (KB from {kb_dir})")
+        # built beside `out` and swapped in at the end: a failed import keeps the old output
+        with staged_folder(out) as tmp:
+            ds = read_dataset(
+                cfg.format,
+                cfg.src,
+                tmp,
+                mention_files=cfg.mention_files,
+                kb_dir=cfg.kb_dir,
+                max_side=cfg.max_side,
+                source=cfg.source,
+            )
+            write_dataset(ds, tmp)
     summary = ds.report.write(reports / "data_quality.json")
     (reports / "import.json").write_text(json.dumps(_metrics(summary), indent=1) + "\n")
     _show(summary, out, reports)

@@ -1,16 +1,38 @@
-"""The ``vpmel`` command: ``vpmel link IMAGE --box X1,Y1,X2,Y2 [--text ...]``."""
+"""The ``vpmel`` command: ``vpmel link IMAGE --box X1,Y1,X2,Y2 [--text ...]`` for one
+region, ``vpmel link --batch FILE.jsonl [--out RESULTS.jsonl]`` for many.
+
+Every input is checked before the model loads (see :mod:`vpmel.link`), so a mistake costs
+well under a second; each one is a single ``vpmel link: error: ...`` line and exit code 1.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from vpmel.link import (
+    BatchLine,
+    Linker,
+    LinkError,
+    LinkResult,
+    Region,
+    check_model_files,
+    check_output_file,
+    check_save_path,
+    open_region,
+    parse_box,
+    read_batch,
+)
 from vpmel.params import PARAMS_FILE, load_params
+from vpmel.prompts import PromptStyle
 
 app = typer.Typer(add_completion=False, help="Visual-prompt-guided multimodal entity linking.")
 err = Console(stderr=True)
@@ -21,11 +43,20 @@ def main() -> None:
     """vpmel: the VP-MEL pipeline's command line (the stages run through `dvc repro`)."""
 
 
+def _fail(message: object) -> typer.Exit:
+    err.print(f"vpmel link: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
 @app.command()
 def link(
-    image: Path = typer.Argument(..., help="the image (any format Pillow reads)"),
-    box: str = typer.Option(..., help="the marked region X1,Y1,X2,Y2 in the image's pixels"),
+    image: Path = typer.Argument(None, help="the image (any format Pillow reads)"),
+    box: str = typer.Option(None, help="the marked region X1,Y1,X2,Y2 in the image's pixels"),
     text: str = typer.Option("", help="the caption / sentence that goes with the image"),
+    batch: Path = typer.Option(
+        None, help="JSON lines {image, box, text, id, shape}, one region each (no IMAGE, --box)"
+    ),
+    out: Path = typer.Option(None, help="with --batch: write the JSON lines here, not stdout"),
     shape: str = typer.Option(None, help="prompt shape: box | ellipse | arrow | point"),
     top_k: int = typer.Option(5, min=1, help="how many entities to list"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
@@ -37,30 +68,72 @@ def link(
     save_prompted: Path = typer.Option(None, help="also save the prompted image here"),
     params_file: Path = typer.Option(PARAMS_FILE, "--params", help="for the prompt style"),
 ) -> None:
-    """Rank the KB's entities for the region BOX of IMAGE (and its caption)."""
-    from transformers.utils import logging as hf_logging
-
-    from vpmel.link import Linker, LinkError, parse_box
-    from vpmel.prompts import PromptStyle
-
-    hf_logging.disable_progress_bar()
-
-    try:
-        coords = parse_box(box)
+    """Rank the KB's entities for the region BOX of IMAGE (and its caption), or for every
+    line of a --batch file with the model loaded once."""
+    detective_dir = None if no_vlm else detective
+    try:  # everything the user gave is checked before any model loads
         style_params = dict(load_params("prompt", params_file)) if params_file.is_file() else {}
         if shape:
             style_params["shape"] = shape
         style = PromptStyle(**style_params)
-        linker = Linker(model, dataset, None if no_vlm else detective, cache, style)
-        result = linker.link(image, coords, text, top_k)
-    except (LinkError, ValueError, KeyError, FileNotFoundError) as problem:
-        err.print(f"vpmel link: error: {problem}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        if batch is not None:
+            if image is not None or box is not None or text or save_prompted is not None:
+                raise LinkError("--batch reads IMAGE, --box and --text from its lines; give "
+                                "either IMAGE --box ... or --batch FILE (--save-prompted "
+                                "works with one IMAGE only)")  # fmt: skip
+            lines = read_batch(batch, style)
+            if out is not None:
+                check_output_file(out, "--out")
+        else:
+            if image is None or box is None:
+                raise LinkError("give IMAGE and --box X1,Y1,X2,Y2, or --batch FILE.jsonl")
+            if out is not None:
+                raise LinkError("--out goes with --batch (one IMAGE prints to stdout)")
+            coords = parse_box(box)
+            loaded = open_region(image, coords)
+            save_format = check_save_path(save_prompted) if save_prompted is not None else None
+        check_model_files(model, dataset, detective_dir)
+    except (LinkError, ValueError, KeyError, TypeError, OSError) as problem:
+        raise _fail(problem) from None
+
+    if batch is not None:
+        _link_batch(lines, batch, out, model, dataset, detective_dir, cache, style, top_k)
+        return
+
+    try:
+        linker = _load_linker(model, dataset, detective_dir, cache, style)
+        result = next(linker.link_many([Region(image, coords, text, loaded=loaded)], top_k))
+        if isinstance(result, LinkError):
+            raise result
+    except (LinkError, ValueError, KeyError, OSError) as problem:
+        raise _fail(problem) from None
+    _print_result(result, linker, image, coords, text, as_json)
     if save_prompted is not None and result.prompted is not None:
-        result.prompted.save(save_prompted)
+        try:  # the ranking is printed already: a failed save never loses it
+            result.prompted.save(save_prompted, format=save_format)
+        except (OSError, ValueError, KeyError) as problem:
+            raise _fail(f"--save-prompted {save_prompted}: not saved ({problem})") from None
+
+
+def _load_linker(
+    model: Path, dataset: Path, detective: Path | None, cache: Path, style: PromptStyle
+) -> Linker:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    linker = Linker(model, dataset, detective, cache, style)
+    for warning in linker.warnings:
+        err.print(f"vpmel link: warning: {warning}", markup=False, highlight=False)
+    return linker
+
+
+def _print_result(
+    result: LinkResult, linker: Linker, image: Path, coords: list[float], text: str, as_json: bool
+) -> None:
     if as_json:
         out = result.as_dict() | {"startup_seconds": round(linker.startup_seconds, 3)}
         sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=1) + "\n")
+        sys.stdout.flush()
         return
     table = Table(title=f"{image} {coords}" + (f" — {text}" if text else ""))
     for column in ("rank", "QID", "name", "type", "score"):
@@ -75,6 +148,78 @@ def link(
         f"start-up {linker.startup_seconds:.2f} s, linking {result.seconds * 1000:.0f} ms",
         markup=False,
     )
+    sys.stdout.flush()
+
+
+def _link_batch(
+    lines: list[BatchLine],
+    batch: Path,
+    out: Path | None,
+    model: Path,
+    dataset: Path,
+    detective: Path | None,
+    cache: Path,
+    style: PromptStyle,
+    top_k: int,
+) -> None:
+    """One JSON line per input line, in order, to ``out`` or stdout; a summary on stderr."""
+    started = time.perf_counter()
+    good = [line for line in lines if line.region is not None]
+    for line in lines:  # what the checks found is said before the model loads
+        if line.error is not None:
+            _say_line_error(batch, line.error)
+    failed = 0
+    results: Iterator[LinkResult | LinkError] = iter(())
+    startup = 0.0
+    if good:
+        try:
+            linker = _load_linker(model, dataset, detective, cache, style)
+        except (LinkError, ValueError, KeyError, OSError) as problem:
+            raise _fail(problem) from None
+        startup = linker.startup_seconds
+        results = linker.link_many((line.region for line in good), top_k)
+    sink: TextIO = sys.stdout
+    try:
+        if out is not None:  # checked before the model loaded; opened once it has
+            sink = open(out, "w", encoding="utf-8")
+        for line in lines:
+            record: dict[str, object] = {"line": line.number, "id": line.id}
+            try:
+                result = next(results) if line.region is not None else None
+            except (ValueError, KeyError, OSError) as problem:  # linking itself broke
+                raise _fail(f"{batch}: line {line.number}: {problem}") from None
+            if isinstance(result, LinkResult):
+                record |= {k: v for k, v in result.as_dict().items() if k != "seconds"}
+            else:
+                failed += 1
+                error = line.error or f"line {line.number}: {result}"
+                if line.error is None:  # the region went bad after it was checked
+                    _say_line_error(batch, error)
+                record["error"] = error
+            try:
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sink.flush()
+            except OSError as problem:
+                raise _fail(f"{out or 'stdout'}: cannot write the results ({problem})") from None
+    except OSError as problem:  # opening --out
+        raise _fail(f"--out {out}: {problem}") from None
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    seconds = time.perf_counter() - started
+    err.print(
+        f"vpmel link: linked {len(lines) - failed}, failed {failed} in {seconds:.2f} s "
+        f"(model start-up {startup:.2f} s)",
+        markup=False,
+        highlight=False,
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+def _say_line_error(batch: Path, error: str) -> None:
+    err.print(f"vpmel link: error: {batch}: {error}", markup=False, highlight=False,
+              soft_wrap=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -93,26 +93,98 @@ class NormalizedImage:
     original_height: int
 
 
-def resolve_inside(root: Path, rel: str) -> Path:
-    """Resolve ``rel`` (a path written in a data file) against the dataset ``root``.
+def written_path(rel: str) -> str:
+    """Check a path as a data file writes it and return it with ``/`` separators.
 
-    Data files are untrusted: an absolute path, or one that leaves ``root`` through ``..``
-    or a symlink, raises :class:`ImageProblem` with ``PATH_ESCAPES_ROOT`` instead of
-    reading an arbitrary file. Backslashes are read as separators (datasets made on
-    Windows). The returned path is fully resolved; it may not exist.
+    Data files are untrusted: an absolute path or one with a drive raises
+    :class:`ImageProblem` (``PATH_ESCAPES_ROOT``); backslashes are read as separators
+    (datasets made on Windows).
     """
     if "\x00" in rel:
         raise ImageProblem(Reason.MISSING_IMAGE, f"invalid path {rel!r}")
     posix = rel.replace("\\", "/")
+    if ":" not in rel and not posix.startswith("/"):
+        return posix  # neither absolute nor with a drive: the common case, checked cheaply
     if PurePosixPath(posix).is_absolute() or PureWindowsPath(rel).is_absolute():
         raise ImageProblem(Reason.PATH_ESCAPES_ROOT, f"absolute path {rel!r}")
     if PureWindowsPath(rel).drive:
         raise ImageProblem(Reason.PATH_ESCAPES_ROOT, f"path with a drive {rel!r}")
+    return posix
+
+
+def resolve_inside(root: Path, rel: str) -> Path:
+    """Resolve ``rel`` (a path written in a data file) against the dataset ``root``.
+
+    Besides the checks of :func:`written_path`, a path that leaves ``root`` through ``..``
+    or a symlink raises :class:`ImageProblem` with ``PATH_ESCAPES_ROOT`` instead of reading
+    an arbitrary file. The returned path is fully resolved; it may not exist.
+    """
+    posix = written_path(rel)
     base = Path(root).resolve()
     path = (base / posix).resolve()
     if not path.is_relative_to(base):
         raise ImageProblem(Reason.PATH_ESCAPES_ROOT, f"{rel!r} leads outside the dataset folder")
     return path
+
+
+class FolderIndex:
+    """Finds files under one dataset root, reading each folder's listing once.
+
+    Readers try several candidate paths per record (folders x suffixes); resolving each with
+    :func:`resolve_inside` costs a system call per path component, hundreds of thousands for
+    a large KB. :meth:`find` answers from cached listings instead, and falls back to
+    :func:`resolve_inside` only where a listing cannot decide alone: a ``..`` component or a
+    symlink on the way (which must be followed and checked against the root).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self._listings: dict[tuple[str, ...], dict[str, str]] = {}
+
+    def _listing(self, parts: tuple[str, ...]) -> dict[str, str]:
+        """Entry name -> "file" | "dir" | "link" | "other" for the folder ``root/parts``."""
+        if parts not in self._listings:
+            entries: dict[str, str] = {}
+            try:
+                with os.scandir(self.root.joinpath(*parts)) as it:
+                    for entry in it:
+                        if entry.is_symlink():
+                            kind = "link"
+                        elif entry.is_dir(follow_symlinks=False):
+                            kind = "dir"
+                        elif entry.is_file(follow_symlinks=False):
+                            kind = "file"
+                        else:
+                            kind = "other"
+                        entries[entry.name] = kind
+            except OSError:  # missing or unreadable folder: nothing found in it
+                pass
+            self._listings[parts] = entries
+        return self._listings[parts]
+
+    def find(self, rel: str) -> Path | None:
+        """The resolved path of file ``rel`` inside the root, or None when there is none.
+
+        Raises :class:`ImageProblem` exactly as :func:`resolve_inside` does for a path that
+        is invalid or leaves the root.
+        """
+        parts = tuple(p for p in written_path(rel).split("/") if p not in ("", "."))
+        if ".." in parts:
+            return self._slow(rel)
+        if not parts:
+            return None
+        for depth, name in enumerate(parts):
+            kind = self._listing(parts[:depth]).get(name)
+            if kind == "link":
+                return self._slow(rel)
+            last = depth == len(parts) - 1
+            if kind != ("file" if last else "dir"):
+                return None
+        return self.root.joinpath(*parts)
+
+    def _slow(self, rel: str) -> Path | None:
+        path = resolve_inside(self.root, rel)
+        return path if path.is_file() else None
 
 
 def downscale_factor(width: int, height: int, max_side: int | None) -> float:
@@ -160,15 +232,53 @@ def _decode(img: Image.Image, max_side: int | None) -> LoadedImage:
     img.load()
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
-    rgb, conversion = to_rgb(img)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    gray = _plain_gray(img)
+    if gray is not None:
+        # one band: reduce it first, then copy it into three (a large scan never exists as
+        # full-size RGB or as a full-size float array); same pixels as converting first
+        rgb = _resized(gray, size).convert("RGB")
+        conversion = f"{img.mode}{_DEPTH[img.mode]} -> RGB"
+    else:
+        rgb, conversion = to_rgb(img)
+        rgb = _resized(rgb, size)
     repairs = [Repair(Reason.CONVERTED_TO_RGB, conversion)] if conversion else []
     if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        if rgb.size != size:
-            rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
         detail = f"{width}x{height} -> {size[0]}x{size[1]} (scale {scale:.6g})"
         repairs.append(Repair(Reason.DOWNSCALED, detail))
     return LoadedImage(rgb, source_format, (width, height), scale, repairs)
+
+
+_DEPTH = {"L": ""} | {mode: " (16-bit)" for mode in _SIXTEEN_BIT}
+
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    if img.size == size:
+        return img
+    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _plain_gray(img: Image.Image) -> Image.Image | None:
+    """An 8-bit gray version of a one-band 8- or 16-bit image without transparency, or None
+    for every other mode (those go through :func:`to_rgb`)."""
+    if "transparency" in img.info:
+        return None
+    if img.mode == "L":
+        return img
+    if img.mode in _SIXTEEN_BIT:
+        return _sixteen_bit_gray(img)
+    return None
+
+
+def _sixteen_bit_gray(img: Image.Image) -> Image.Image:
+    """16-bit gray -> 8-bit gray, a strip of rows at a time (no full-size float copy)."""
+    width, height = img.size
+    gray = np.empty((height, width), np.uint8)
+    rows = max(1, (1 << 22) // max(1, width))  # about 4 million pixels per strip
+    for top in range(0, height, rows):
+        strip = img.crop((0, top, width, min(height, top + rows)))
+        gray[top : top + strip.height] = _to_uint8(np.asarray(strip), bits=16)
+    return Image.fromarray(gray)
 
 
 def _orientation(img: Image.Image) -> int:
@@ -197,8 +307,7 @@ def to_rgb(img: Image.Image) -> tuple[Image.Image, str]:
     if has_alpha:
         return _on_white(img.convert("RGBA")), f"{mode} with transparency -> RGB on white"
     if mode in _SIXTEEN_BIT:
-        gray = _to_uint8(np.asarray(img), bits=16)
-        return Image.fromarray(gray).convert("RGB"), f"{mode} (16-bit) -> RGB"
+        return _sixteen_bit_gray(img).convert("RGB"), f"{mode} (16-bit) -> RGB"
     if mode in ("I", "F"):
         gray, how = _wide_to_uint8(np.asarray(img))
         return Image.fromarray(gray).convert("RGB"), f"{mode} ({how}) -> RGB"

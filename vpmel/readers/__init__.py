@@ -11,9 +11,10 @@ Bad data never raises, except a whole file that cannot be read: a ``ValueError``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -43,6 +44,66 @@ _KB_LAYOUTS = {
     "mimic": (mimic.KB_ENTITY_FILE, mimic.QID2ID_FILE),
     "ghmfc": (ghmfc.NAME_FILE, ghmfc.ABSTRACT_FILE),
 }
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """The ``import`` section of params.yaml, checked (see :func:`import_settings`)."""
+
+    format: str
+    src: Path
+    mention_files: list[str] | None = None
+    kb_dir: Path | None = None
+    max_side: int | None = 1024  # longer image side after import; None keeps the size
+    source: str | None = None
+
+
+def import_settings(section: Any, where: str = "params.yaml") -> ImportSettings:
+    """Check every field of an ``import`` params section before any work is done.
+
+    Raises one ValueError listing each problem on its own line (``where: import.key ...``),
+    so a user fixes them all at once instead of meeting them one run at a time.
+    """
+    if not isinstance(section, Mapping):
+        raise ValueError(f"{where}: import must be a mapping of settings")
+    problems: list[str] = []
+    known = {f.name for f in fields(ImportSettings)}
+    for key in sorted(set(section) - known, key=str):
+        problems.append(f"unknown key {key!r} (known: {', '.join(sorted(known))})")
+    fmt = section.get("format")
+    if fmt not in FORMATS:
+        problems.append(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    src = section.get("src")
+    if not isinstance(src, str) or not src.strip():
+        problems.append(f"src must be a folder path, got {src!r}")
+    elif not Path(src).is_dir():
+        problems.append(f"src {src} is not a folder")
+    files = section.get("mention_files")
+    if files is not None and (
+        not isinstance(files, list) or not all(isinstance(f, str) and f.strip() for f in files)
+    ):
+        problems.append(f"mention_files must be null or a list of file names, got {files!r}")
+    kb_dir = section.get("kb_dir")
+    if kb_dir is not None and (not isinstance(kb_dir, str) or not Path(kb_dir).is_dir()):
+        problems.append(f"kb_dir must be null or a folder, got {kb_dir!r}")
+    max_side = section.get("max_side", 1024)
+    if max_side is not None and (
+        isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1
+    ):
+        problems.append(f"max_side must be null (keep sizes) or a number >= 1, got {max_side!r}")
+    source = section.get("source")
+    if source is not None and not isinstance(source, str):
+        problems.append(f"source must be null or a label, got {source!r}")
+    if problems:
+        raise ValueError("\n".join(f"{where}: import.{p}" for p in problems))
+    return ImportSettings(
+        format=fmt,
+        src=Path(src),
+        mention_files=list(files) if files else None,
+        kb_dir=Path(kb_dir) if kb_dir else None,
+        max_side=max_side,
+        source=source or None,
+    )
 
 
 @dataclass
@@ -149,4 +210,11 @@ def load_kb(kb_dir: Path, store: ImageStore, report: QualityReport, *, progress:
     return reader(kb_dir, store, report, progress)
 
 
-__all__ = ["FORMATS", "Dataset", "read_dataset", "write_dataset"]
+__all__ = [
+    "FORMATS",
+    "Dataset",
+    "ImportSettings",
+    "import_settings",
+    "read_dataset",
+    "write_dataset",
+]

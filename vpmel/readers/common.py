@@ -26,11 +26,11 @@ import pandas as pd
 from rich.progress import track
 
 from vpmel.images import (
+    FolderIndex,
     ImageProblem,
     NormalizedImage,
     clip_box,
     normalize_image,
-    resolve_inside,
     scale_box,
 )
 from vpmel.quality import QualityReport, Reason
@@ -194,10 +194,21 @@ class ImageStore:
         self.out = Path(out)
         self.max_side = max_side
         self._done: dict[tuple[str, Path], NormalizedImage | ImageProblem] = {}
+        self._indexes: dict[Path, FolderIndex] = {}
+
+    def index(self, root: Path) -> FolderIndex:
+        """The (cached) listing index of a dataset root."""
+        if root not in self._indexes:
+            self._indexes[root] = FolderIndex(root)
+        return self._indexes[root]
+
+    def locate(self, ref: ImageRef) -> tuple[Path, Path]:
+        """:func:`locate` with this store's cached folder listings."""
+        return locate(ref, self.index(Path(ref.root)))
 
     def fetch(self, kind: str, ref: ImageRef) -> tuple[NormalizedImage, str]:
         """The normalised image and the source file used (relative to the dataset root)."""
-        root, path = locate(ref)
+        root, path = self.locate(ref)
         key = (kind, path)
         if key not in self._done:
             dst = self.out / "images" / kind / path.relative_to(root)
@@ -215,21 +226,33 @@ class ImageStore:
         return image.path.relative_to(self.out).as_posix()
 
 
-def locate(ref: ImageRef) -> tuple[Path, Path]:
+def found_as(detail: str, ref: ImageRef, used: str) -> str:
+    """A report detail that also names the file used when it is not the path as written.
+
+    Report lines name an image by the path the data file writes (``ref.label``), for dropped
+    and repaired records alike; a repair made to a file found under another name (another
+    folder or suffix tried) says which one.
+    """
+    return detail if used == ref.label else f"{detail} (file found as {used})"
+
+
+def locate(ref: ImageRef, index: FolderIndex | None = None) -> tuple[Path, Path]:
     """First candidate of ``ref`` that is a file inside its root: (resolved root, path).
 
     Raises PATH_ESCAPES_ROOT when a candidate leaves the root (and none is found),
-    MISSING_IMAGE otherwise.
+    MISSING_IMAGE otherwise. ``index`` (of ``ref.root``) answers from folder listings read
+    once; without one, a fresh index is used.
     """
+    index = index or FolderIndex(ref.root)
     escape: ImageProblem | None = None
     for rel in ref.candidates:
         try:
-            path = resolve_inside(ref.root, rel)
+            path = index.find(rel)
         except ImageProblem as problem:
             escape = escape or problem
             continue
-        if path.is_file():
-            return Path(ref.root).resolve(), path
+        if path is not None:
+            return index.root, path
     if escape is not None and escape.reason == Reason.PATH_ESCAPES_ROOT:
         raise escape
     if not ref.candidates:
@@ -304,7 +327,7 @@ def kb_images(
             report.fix("kb", qid, ref.label, Reason.ENTITY_IMAGE_DROPPED, detail)
             continue
         for repair in image.repairs:
-            report.fix("kb", qid, used, repair.reason, repair.detail)
+            report.fix("kb", qid, ref.label, repair.reason, found_as(repair.detail, ref, used))
         path = store.relative(image)
         if path not in kept:
             kept.append(path)
@@ -406,13 +429,14 @@ def _check_mention(
     except ImageProblem as problem:
         report.drop("mentions", draft.id, draft.image.label, problem.reason, problem.detail)
         return None
+    label = draft.image.label
     fixes = list(draft.fixes)
-    fixes += [(r.reason, used, r.detail) for r in image.repairs]
+    fixes += [(r.reason, label, found_as(r.detail, draft.image, used)) for r in image.repairs]
     box = None
     if draft.box is not None:
         box, fix = _fit_box(draft.box, image)
         if fix is not None:
-            fixes.append((fix[0], used, fix[1]))
+            fixes.append((fix[0], label, found_as(fix[1], draft.image, used)))
     for reason, file, detail in fixes:
         report.fix("mentions", draft.id, file, reason, detail)
     return {

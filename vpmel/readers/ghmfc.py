@@ -35,7 +35,6 @@ from vpmel.readers.common import (
     find_span,
     kb_images,
     load_json,
-    locate,
     parse_records,
     text_field,
 )
@@ -110,7 +109,7 @@ def load_kb(kb_dir: Path, store: ImageStore, report: QualityReport, progress: bo
             "name": name.strip(),
             "type": None,
             "description": description_text(abstracts.get(qid)),
-            "images": kb_images(qid, _present_images(kb_dir, qid), store, report),
+            "images": kb_images(qid, _present_images(kb_dir, qid, store), store, report),
         }
         kb.add(row)
     named = {qid.strip() for qid in names}
@@ -122,11 +121,11 @@ def load_kb(kb_dir: Path, store: ImageStore, report: QualityReport, progress: bo
     return kb
 
 
-def _present_images(kb_dir: Path, qid: str) -> list[ImageRef]:
+def _present_images(kb_dir: Path, qid: str, store: ImageStore) -> list[ImageRef]:
     """The entity's image if one exists (absence is normal in this format, not a problem)."""
     ref = ImageRef(kb_dir, f"kb_image/{qid}.jpg", image_candidates(("kb_image",), qid))
     try:
-        locate(ref)
+        store.locate(ref)
     except ImageProblem as problem:
         return [ref] if problem.reason != Reason.MISSING_IMAGE else []
     return [ref]

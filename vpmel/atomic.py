@@ -1,0 +1,54 @@
+"""Replace an output folder only when the new one is complete.
+
+A stage that rebuilds a folder (the imported dataset, a checkpoint) writes the new content
+into a temporary sibling and swaps it in at the end: an interrupted or failed run leaves the
+previous output intact, and a half-written folder is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def overlapping(a: Path, b: Path) -> bool:
+    """True when folders ``a`` and ``b`` are the same, or one lies inside the other
+    (symlinks resolved; the folders need not exist)."""
+    ra, rb = Path(a).resolve(), Path(b).resolve()
+    return ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra)
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``out``; on success it replaces ``out``.
+
+    On an exception the temporary folder is removed and ``out`` is left untouched. The
+    previous ``out`` is moved aside before the new one is renamed into place and removed
+    only afterwards, so at every moment one complete version exists on disk.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    for leftover in (tmp, old):
+        _remove(leftover)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
