@@ -2,7 +2,9 @@
 
 CLIP zero-shot (prompted mention image vs entity image and name, with `models/encoder`) and
 a text-only bi-encoder (mention text with the Detective-VLM answer vs entity name and
-attributes, pretrained MiniLM). Writes `reports/baselines.json`: H@k, MRR, MR per split.
+attributes, pretrained MiniLM). Writes `reports/baselines.json`: H@k, MRR, MR per split and
+per split subset (`test_named`: the caption names the gold entity, `test_unnamed`: it does
+not; vpmel.subsets).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from vpmel.encoders import ImageTextEncoder
 from vpmel.iier_data import entity_image_paths, gold_rows, kb_rows, read_answers
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.schema import read_kb
+from vpmel.subsets import SUBSETS, named_mentions, subset_key
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -54,6 +57,7 @@ def main(
         encoder = ImageTextEncoder.load(encoder_dir).eval()
         answer_map = read_answers(answers)
     gold_kb_rows, split_of = gold.numpy(), mentions["split"].to_numpy()
+    named = named_mentions(mentions, kb)
     started = time.perf_counter()
     m_images = load_images(vpwiki, list(mentions["prompted_image"]))
     e_images = load_images(dataset, entity_image_paths(kb))
@@ -61,25 +65,26 @@ def main(
     results = {
         "clip_zero_shot": evaluate_scores(
             clip_zero_shot_scores(encoder, m_images, e_images, list(kb["name"])),
-            gold_kb_rows, split_of, splits,
+            gold_kb_rows, split_of, splits, named,
         ),
         "text_only": evaluate_scores(
             text_only_scores(encoder, mention_texts(mentions, answer_map), e_texts),
-            gold_kb_rows, split_of, splits,
+            gold_kb_rows, split_of, splits, named,
         ),
         "text_only_no_vlm": evaluate_scores(
             text_only_scores(encoder, mention_texts(mentions, None), e_texts),
-            gold_kb_rows, split_of, splits,
+            gold_kb_rows, split_of, splits, named,
         ),
     }  # fmt: skip
     results["seconds"] = round(time.perf_counter() - started, 1)
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "baselines.json").write_text(json.dumps(results, indent=1) + "\n")
     for name in ("clip_zero_shot", "text_only", "text_only_no_vlm"):
-        m = results[name]["test"] if "test" in results[name] else next(iter(results[name].values()))
-        console.print(
-            f"baselines: {name}: test H@1 {m['H@1']:.2f} H@5 {m['H@5']:.2f} MRR {m['MRR']:.2f}"
-        )
+        split = "test" if "test" in splits else splits[0]
+        keys = (split, *(subset_key(split, subset) for subset in SUBSETS))
+        console.print(f"baselines: {name}: " + ", ".join(
+            f"{k} H@1 {m['H@1']} MRR {m['MRR']} (n={m['n']})"
+            for k in keys for m in [results[name][k]]))  # fmt: skip
 
 
 if __name__ == "__main__":

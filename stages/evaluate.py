@@ -6,10 +6,13 @@ checkpoint). The entity side of the KB is encoded once; scoring is exact and chu
 (:mod:`vpmel.retrieval`); ties count pessimistically (rank = number of entities scoring at
 least as high as the gold one). Writes:
 
-- `reports/metrics.json` — `{dev: {H@1, H@3, H@5, H@10, H@20, MRR, MR, n}, test: {...}}`
-  (H@k and MRR in percent), the DVC metrics;
-- `data/eval/top20.parquet` — per mention: id, split, qid (gold), rank, gold_score,
-  top_qids and top_scores (the 20 best entities, best first);
+- `reports/metrics.json` — `{dev: {H@1, H@3, H@5, H@10, H@20, MRR, MR, n}, test: {...},
+  dev_named: {...}, dev_unnamed: {...}, test_named: {...}, test_unnamed: {...}}` (H@k and
+  MRR in percent), the DVC metrics; `<split>_named` / `<split>_unnamed` are the mentions
+  whose gold entity the caption does / does not name (:func:`vpmel.subsets.is_named`,
+  the paper's Table 3 point);
+- `data/eval/top20.parquet` — per mention: id, split, qid (gold), named (the subset), rank,
+  gold_score, top_qids and top_scores (the 20 best entities, best first);
 - `reports/evaluate.json` — sizes, timing (mention-entity pairs scored per second) and
   data problems (mentions whose gold QID is not in the KB, images that could not be read).
 
@@ -37,6 +40,7 @@ from vpmel.metrics import ranking_metrics
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.retrieval import RankConfig, kb_ranker, rank_rows
 from vpmel.schema import read_kb
+from vpmel.subsets import named_mentions, subset_metrics
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -77,7 +81,7 @@ def evaluate(
     answers: Path,
     cfg: EvalConfig,
     accelerator: Accelerator | None = None,
-) -> tuple[dict[str, dict[str, float]], pd.DataFrame, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, float | None]], pd.DataFrame, dict[str, Any]]:
     """(metrics per split, top-k table, run report) for a saved IIER checkpoint."""
     accelerator = accelerator or Accelerator(cpu=cfg.device == "cpu")
     model, extra = IIER.load(model_dir)
@@ -95,9 +99,11 @@ def evaluate(
         track=lambda it: track(it, description="KB", disable=not main),
     )
     encoded = time.perf_counter()
-    metrics: dict[str, dict[str, float]] = {}
+    metrics: dict[str, dict[str, float | None]] = {}
     tables = []
     qids = data.kb_table["qid"].to_numpy()
+    named = named_mentions(data.mentions_table, data.kb_table)
+    subsets: dict[str, dict[str, float | None]] = {}
     scored = 0
     for split in cfg.splits:
         rows = data.rows(split)
@@ -110,14 +116,17 @@ def evaluate(
             track=lambda it, s=split: track(it, description=s, disable=not main),
         )
         metrics[split] = ranking_metrics(ranking.ranks)
+        subsets.update(subset_metrics(ranking.ranks, named[rows], split))
         scored += len(rows) * len(qids)
         table = data.mentions_table.iloc[rows][["id", "qid"]].reset_index(drop=True)
         table.insert(1, "split", split)
+        table["named"] = named[rows]
         table["rank"] = ranking.ranks
         table["gold_score"] = ranking.gold_scores
         table["top_qids"] = [list(qids[r]) for r in ranking.top_rows]
         table["top_scores"] = [list(map(float, s)) for s in ranking.top_scores]
         tables.append(table)
+    metrics.update(subsets)  # after the splits: `dvc metrics show` lists dev, test first
     done = time.perf_counter()
     report = {
         "entities": len(qids),
@@ -182,7 +191,7 @@ def main(
     for split, m in metrics.items():
         console.print(
             f"evaluate: {split} "
-            + " ".join(f"{k} {v:.2f}" for k, v in m.items() if k != "n")
+            + " ".join(f"{k} {v:.2f}" for k, v in m.items() if k != "n" and v is not None)
             + f" (n={m['n']})"
         )
     console.print(f"evaluate: {report['pairs_per_s']:,} pairs/s -> {reports / 'metrics.json'}")

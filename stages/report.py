@@ -26,6 +26,7 @@ from vpmel.report import (
     plot_hits,
     plot_training,
     read_live,
+    subset_table,
 )
 from vpmel.schema import read_kb
 
@@ -45,6 +46,9 @@ ABLATIONS = {
 LAYERS = {
     "layers_12": "CLS of layer 12",
     "layers_4_10_11_12": "layers 4, 10, 11, 12 (released code)",
+}
+COMBINATIONS = {
+    "paper_combination": "S = (S_V + S_T + S_C) / 3 (paper)",
 }
 LOSSES = {
     "loss_o": "L_O",
@@ -111,13 +115,12 @@ def main(
     md += [markdown_table(["model", "dev name", "dev type", "test name", "test type"], rows), ""]
 
     baselines = _json(reports / "baselines.json") or {}
-    ablate = {k: _json(reports / "ablate" / k / "metrics.json") for k in ABLATIONS}
+    # every method's whole metrics file (None: not run), in table order; IIER (full) last
+    runs: dict[str, Any] = {label: baselines.get(key) for key, label in BASELINES.items()}
+    runs |= {label: _json(reports / "ablate" / key / "metrics.json")
+             for key, label in ABLATIONS.items()}  # fmt: skip
     for split in ("test", "dev"):
-        results: dict[str, Any] = {
-            label: (baselines.get(key) or {}).get(split) for key, label in BASELINES.items()
-        }
-        for key, label in ABLATIONS.items():
-            results[label] = (ablate[key] or {}).get(split)
+        results = {label: (run or {}).get(split) for label, run in runs.items()}
         results["IIER (full)"] = metrics[split]
         title = "Main results and ablations (Tables 2a and 6)"
         md += [f"## {title}: {split}", "", metrics_table(results, split), ""]
@@ -126,14 +129,32 @@ def main(
                       "test H@k (whole KB)")  # fmt: skip
     md += ["![H@k](report_hits.png)", ""]
 
-    for title, variants, full in (
-        ("Feature layers of V^G (Table 5): test", LAYERS, "layers 3, 10, 11, 12 (paper; IIER)"),
-        ("Loss terms (Table 9): test", LOSSES, "L_O + L_V + L_T + L_C (IIER)"),
-    ):
-        rows = {label: (_json(reports / "ablate" / key / "metrics.json") or {}).get("test")
-                for key, label in variants.items()}  # fmt: skip
+    for title, variants, full, prefix in (
+        ("Feature layers of V^G (Table 5): test", LAYERS, "layers 3, 10, 11, 12 (paper; IIER)",
+         "IIER, V^G from "),
+        ("Loss terms (Table 9): test", LOSSES, "L_O + L_V + L_T + L_C (IIER)", "IIER, loss "),
+        ("How S combines the units (our departure, see README): test", COMBINATIONS,
+         "S = τ(G2G + w·(G2L, S_V, S_C)), scaled (ours; IIER)", "IIER, "),
+    ):  # fmt: skip
+        variant_runs = {label: _json(reports / "ablate" / key / "metrics.json")
+                        for key, label in variants.items()}  # fmt: skip
+        runs |= {prefix + label: run for label, run in variant_runs.items()}
+        rows = {label: (run or {}).get("test") for label, run in variant_runs.items()}
         rows[full] = metrics["test"]
         md += [f"## {title}", "", metrics_table(rows, "test"), ""]
+
+    runs["IIER (full)"] = metrics
+    md += [
+        "## Gold name in the caption or not (Table 3)",
+        "",
+        "*name in caption*: the caption names the gold entity (its mention words are located "
+        "in it, or the entity's KB name occurs in it: any case, whole words). *name not in "
+        "caption*: only the image, the red box and the rest of the caption can identify it; "
+        "there methods that rely on mention words collapse (the paper's Table 3).",
+        "",
+    ]
+    for split in ("test", "dev"):
+        md += [f"### {split}", "", subset_table(runs, split), ""]
 
     curves = read_live(live)
     if curves:

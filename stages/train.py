@@ -105,6 +105,7 @@ class TrainConfig:
     mlp_hidden: int | None = None
     train_vision: bool = True
     train_text: bool = True
+    combination: str = "scaled"  # how S combines the units (vpmel.iier; "paper": /3)
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:

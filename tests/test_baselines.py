@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vpmel.baselines import clip_zero_shot_scores, evaluate_scores, mention_texts
-from vpmel.report import markdown_table, metrics_table, pick_cases
+from vpmel.report import markdown_table, metrics_table, pick_cases, subset_table
 
 
 class FakeEncoder:
@@ -34,9 +34,13 @@ def test_clip_zero_shot_averages_image_and_name_and_falls_back_to_the_name() -> 
 def test_ranks_are_pessimistic_and_per_split() -> None:
     scores = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.8, 0.3], [0.5, 0.4, 0.6]])
     out = evaluate_scores(scores, np.array([0, 1, 1]), np.array(["dev", "dev", "test"]),
-                          ("dev", "test"))  # fmt: skip
+                          ("dev", "test"), np.array([True, False, False]))  # fmt: skip
     assert out["dev"]["n"] == 2 and out["dev"]["H@1"] == 50.0  # the tie counts against
     assert out["dev"]["MR"] == 1.5 and out["test"]["MR"] == 3.0
+    # each split also on the mentions whose gold name is / is not in the caption
+    assert out["dev_named"]["MR"] == 2.0 and out["dev_unnamed"]["MR"] == 1.0
+    assert out["dev_named"]["n"] + out["dev_unnamed"]["n"] == out["dev"]["n"]
+    assert out["test_unnamed"] == out["test"] and out["test_named"]["n"] == 0
 
 
 def test_mention_text_puts_the_answer_first() -> None:
@@ -52,3 +56,22 @@ def test_report_tables_say_what_was_not_run() -> None:
     top = pd.DataFrame({"rank": [1, 1, 5, 7, 2]})
     cases = pick_cases(top, 1, seed=0)
     assert sorted(cases["rank"] == 1) == [False, True]
+
+
+def test_subset_table_rows_for_every_method() -> None:
+    full = {"H@1": 50.0, "H@5": 75.0, "MRR": 60.0, "n": 4}
+    empty = {"H@1": None, "H@5": None, "MRR": None, "n": 0}
+    table = subset_table({
+        "A": None,
+        "B (before the subsets)": {"test": full},
+        "C": {"test": full, "test_named": full, "test_unnamed": empty},
+    })  # fmt: skip
+    lines = table.splitlines()
+    assert lines[0] == (
+        "| method | name in caption: H@1 | name in caption: H@5 | name in caption: MRR "
+        "| name in caption: n | name not in caption: H@1 | name not in caption: H@5 "
+        "| name not in caption: MRR | name not in caption: n |"
+    )
+    assert lines[2] == "| A |" + " not run |" * 8
+    assert lines[3] == "| B (before the subsets) |" + " n/a |" * 8
+    assert lines[4] == "| C | 50.00 | 75.00 | 60.00 | 4 | – | – | – | 0 |"

@@ -6,6 +6,7 @@ vpmel.iier; tiny random models are built from configs (offline).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -247,7 +248,7 @@ def test_bad_cls_layers_are_rejected(tmp_path: Path) -> None:
 
 
 def test_text_features_cls_and_masked_mean(tmp_path: Path) -> None:
-    model, mentions, _ = model_and_batches(tmp_path, text_global="mean")
+    model, mentions, _ = model_and_batches(tmp_path, text_global="mean", combination="paper")
     hidden = model.text_hidden(mentions["input_ids"], mentions["attention_mask"])
     t_g, t_l = model.textual(hidden, mentions["attention_mask"])
     mask = mentions["attention_mask"]
@@ -263,8 +264,8 @@ def test_text_features_cls_and_masked_mean(tmp_path: Path) -> None:
 
 
 def test_full_score_matches_equations(tmp_path: Path) -> None:
-    """S = (S_V + S_T + S_C) / 3 with every term from the references above."""
-    model, mentions, entities = model_and_batches(tmp_path)
+    """combination: paper — S = (S_V + S_T + S_C) / 3 with every term from the references."""
+    model, mentions, entities = model_and_batches(tmp_path, combination="paper")
     with torch.no_grad():
         scores = model(mentions, entities)
         m, e = model.encode(mentions), model.encode(entities)
@@ -291,8 +292,9 @@ def test_full_score_matches_equations(tmp_path: Path) -> None:
             assert scores.s[b, n].item() == pytest.approx((s_v + s_t + s_c) / 3, rel=1e-4, abs=1e-4)
 
 
-def test_padding_does_not_change_scores(tmp_path: Path) -> None:
-    model, mentions, entities = model_and_batches(tmp_path)
+@pytest.mark.parametrize("combination", ["scaled", "paper"])
+def test_padding_does_not_change_scores(tmp_path: Path, combination: str) -> None:
+    model, mentions, entities = model_and_batches(tmp_path, combination=combination)
 
     def padded(batch, extra):
         out = dict(batch)
@@ -305,6 +307,107 @@ def test_padding_does_not_change_scores(tmp_path: Path) -> None:
         more = model(padded(mentions, 9), padded(entities, 5))
     for a, b in zip(base, more, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.detach(), b.detach(), dim=0))
+
+
+def test_scaled_text_global_is_the_towers_own_sentence_embedding(tmp_path: Path) -> None:
+    model, mentions, _ = model_and_batches(tmp_path, text_global="mean")
+    hidden = model.text_hidden(
+        mentions["input_ids"], mentions["attention_mask"], mentions["token_type_ids"]
+    )
+    t_g, t_l = model.textual(hidden, mentions["attention_mask"])
+    mask = mentions["attention_mask"]
+    assert t_g.shape[1] == model.encoder.text_model.config.hidden_size and t_l.shape[2] == 20
+    for b in range(len(mask)):
+        torch.testing.assert_close(t_g[b], F.normalize(hidden[b][mask[b].bool()].mean(0), dim=0))
+
+
+def test_scaled_score_matches_equations(tmp_path: Path) -> None:
+    """combination: scaled — S = τ_O (G2G + w_T G2L + w_V S_V + w_C S_C), every term a
+    cosine of the paper's unit outputs; the units' scores carry their own temperatures."""
+    model, mentions, entities = model_and_batches(tmp_path)
+    with torch.no_grad():
+        model.unit_weight.copy_(torch.tensor([0.7, -0.4, 1.3]))
+        model.log_temperature.copy_(torch.log(torch.tensor([5.0, 2.0, 3.0, 4.0])))
+        scores = model(mentions, entities)
+        m, e = model.encode(mentions), model.encode(entities)
+
+    def h_v(unit, q_g, t_g, t_l):  # VFI's h_v (A.5) for one pair
+        h_vc = ref_linear(ref_layer_norm(t_l.mean(0) + q_g, unit.norm_in), unit.fc)
+        h_vg = torch.tanh(ref_linear(h_vc, unit.gate))
+        return ref_layer_norm(h_vg * h_vc + t_g, unit.norm_out)
+
+    def h_t(n, b):  # TFI's h_t for one pair, padding removed
+        unit, e_mask, m_mask = model.tfi, e.t_mask[n].bool(), m.t_mask[b].bool()
+        q = ref_linear(e.t_local[n][e_mask], unit.query)
+        k = ref_linear(m.t_local[b][m_mask], unit.key)
+        v = ref_linear(m.t_local[b][m_mask], unit.value)
+        attention = torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1)
+        return ref_layer_norm((attention @ v).mean(0), unit.norm)
+
+    for b in range(3):
+        for n in range(4):
+            s_v = (
+                cos(h_v(model.vfi_m2e, m.v_global[b], e.v_global[n], e.v_local[n]), m.v_global[b])
+                + cos(h_v(model.vfi_e2m, e.v_global[n], m.v_global[b], m.v_local[b]), e.v_global[n])
+            ) / 2
+            g2g = cos(m.t_global[b], e.t_global[n])
+            g2l = cos(ref_linear(e.t_global[n], model.tfi.fc), h_t(n, b))
+            s_c = cos(
+                ref_cmfi_h(model.cmfi, m.t_global[b], m.v_local[b]),
+                ref_cmfi_h(model.cmfi, e.t_global[n], e.v_local[n]),
+            )
+            expected = 5.0 * (g2g + 0.7 * g2l - 0.4 * s_v + 1.3 * s_c)
+            assert scores.s[b, n].item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
+            assert scores.s_v[b, n].item() == pytest.approx(2.0 * s_v, rel=1e-4, abs=1e-4)
+            assert scores.s_t[b, n].item() == pytest.approx(3.0 * (g2g + g2l) / 2, abs=1e-4)
+            assert scores.s_c[b, n].item() == pytest.approx(4.0 * s_c, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("text_global", ["mean", "cls"])
+def test_untrained_scaled_iier_ranks_exactly_as_its_text_cosine(
+    tmp_path: Path, text_global: str
+) -> None:
+    """What the pretrained text tower knows is where IIER starts: before any training the
+    full score S orders every entity exactly as the tower's own sentence cosine does."""
+    model, mentions, entities = model_and_batches(tmp_path, text_global=text_global)
+    tower = model.encoder.text_model
+
+    def sentence_embedding(batch):  # the tower alone, pooled as text_global says
+        hidden = tower(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+        ).last_hidden_state
+        if text_global == "cls":
+            return F.normalize(hidden[:, 0], dim=-1)
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    with torch.no_grad():
+        s = model(mentions, entities).s
+        cosine = sentence_embedding(mentions) @ sentence_embedding(entities).T
+    torch.testing.assert_close(s, cosine / 0.07, rtol=1e-4, atol=1e-4)
+    assert torch.equal(s.argsort(dim=1, stable=True), cosine.argsort(dim=1, stable=True))
+
+
+def test_old_checkpoints_load_with_the_paper_combination(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = IIER(tiny_encoder(tmp_path / "t"), tiny_config(combination="paper"))
+    model.save(tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt/iier.json").read_text())
+    del meta["config"]["combination"]  # as written before the key existed
+    (tmp_path / "ckpt/iier.json").write_text(json.dumps(meta))
+    loaded, _ = IIER.load(tmp_path / "ckpt")
+    assert loaded.cfg.combination == "paper"
+
+
+def test_unknown_combination_is_rejected() -> None:
+    with pytest.raises(ValueError, match="combination"):
+        tiny_config(combination="sum")
 
 
 def test_text_global_is_normalised_and_scores_finite(tmp_path: Path) -> None:

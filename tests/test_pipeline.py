@@ -141,20 +141,46 @@ def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]
     for split in ("dev", "test"):
         assert set(metrics[split]) >= {"H@1", "H@5", "H@20", "MRR", "MR", "n"}
         assert 0 <= metrics[split]["H@1"] <= metrics[split]["H@20"] <= 100
+    _assert_subsets(metrics)
+
+    # the subsets agree with the demo world's truth: every mention the generator named in
+    # its caption (by name or short alias) is "named"; "named" ones it did not name are
+    # coincidences (the gold name inside another object's name)
+    top = pd.read_parquet(repo / "data/eval/top20.parquet")
+    truth = pd.read_parquet(repo / "data/world/truth.parquet").set_index("id")
+    said = truth.loc[top["id"], "named_in_caption"].to_numpy()
+    assert (top["named"].to_numpy() | ~said).all()
+    for split in ("dev", "test"):
+        in_split = (top["split"] == split).to_numpy()
+        assert metrics[f"{split}_named"]["n"] == int(top["named"][in_split].sum())
 
     # the report: baselines, the three ablations and the full model, offline pictures
     baselines = json.loads((repo / "reports/baselines.json").read_text())
     assert set(baselines) >= {"clip_zero_shot", "text_only", "text_only_no_vlm"}
+    for name in ("clip_zero_shot", "text_only", "text_only_no_vlm"):
+        _assert_subsets(baselines[name])
+        assert baselines[name]["test_named"]["n"] == metrics["test_named"]["n"]
     for key in ("iier_star", "iier_dagger", "iier_ddagger", "layers_12", "loss_o", "loss_o_c"):
-        assert "test" in json.loads((repo / f"reports/ablate/{key}/metrics.json").read_text())
+        ablated = json.loads((repo / f"reports/ablate/{key}/metrics.json").read_text())
+        assert "test" in ablated
+        _assert_subsets(ablated)
     report = (repo / "reports/report.md").read_text()
-    assert "IIER (full)" in report and "not run" not in report
+    assert "IIER (full)" in report and "not run" not in report and "n/a" not in report
+    assert "| method | name in caption: H@1 |" in report
     for png in ("report_hits.png", "report_training.png", "report_cases.png"):
         assert (repo / "reports" / png).stat().st_size > 0
 
     # a second repro has nothing to do
     status = _run([*dvc, "status"], repo, env).stdout
     assert "up to date" in status.lower(), status
+
+
+def _assert_subsets(metrics: dict) -> None:
+    """Each split is also reported on its named and unnamed mentions, which add up."""
+    for split in ("dev", "test"):
+        named, unnamed = metrics[f"{split}_named"], metrics[f"{split}_unnamed"]
+        assert set(named) == set(unnamed) == set(metrics[split])
+        assert named["n"] + unnamed["n"] == metrics[split]["n"]
 
 
 def test_lambda_experiment_is_valid(repo_copy: tuple[Path, dict[str, str]]) -> None:

@@ -234,12 +234,17 @@ def test_two_processes_and_evaluate(tiny_project: Path) -> None:
     )
     metrics = json.loads((out / "reports/metrics.json").read_text())
     assert metrics["dev"] == summary["best_dev"]
-    assert set(metrics) == {"dev", "test"} and metrics["test"]["n"] == 16
-    assert set(metrics["dev"]) == {"H@1", "H@3", "H@5", "H@10", "H@20", "MRR", "MR", "n"}
+    subsets = {"dev_named", "dev_unnamed", "test_named", "test_unnamed"}
+    assert set(metrics) == {"dev", "test", *subsets} and metrics["test"]["n"] == 16
+    for key in ("dev", *subsets):
+        assert set(metrics[key]) == {"H@1", "H@3", "H@5", "H@10", "H@20", "MRR", "MR", "n"}
+    # every sentence of the tiny project names its gold entity
+    assert metrics["test_named"] == metrics["test"] and metrics["test_unnamed"]["n"] == 0
     top = pd.read_parquet(out / "data/eval/top20.parquet")
     assert list(top.columns) == [
-        "id", "split", "qid", "rank", "gold_score", "top_qids", "top_scores"
+        "id", "split", "qid", "named", "rank", "gold_score", "top_qids", "top_scores"
     ]  # fmt: skip
+    assert top["named"].all()
     assert len(top) == 32 and all(len(q) == 20 for q in top["top_qids"])
     first = top.iloc[0]
     hit = (

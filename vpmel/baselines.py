@@ -8,7 +8,8 @@
   mean-pooled, cosine) — no image at all.
 
 Ranks are pessimistic as in :mod:`vpmel.retrieval` (rank = number of entities scoring at
-least the gold one's score).
+least the gold one's score). Each split is also reported on its mentions whose gold entity
+the caption names and those where it does not (:mod:`vpmel.subsets`, the paper's Table 3).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from vpmel.encoder_training import entity_texts as entity_text_variants
 from vpmel.encoders import ImageTextEncoder
 from vpmel.iier_data import mention_text_pairs
 from vpmel.images import load_image
-from vpmel.metrics import ranking_metrics
 from vpmel.retrieval import pessimistic_ranks
+from vpmel.subsets import split_metrics
 
 
 def load_images(root: Path, paths: Sequence[str | None]) -> list:
@@ -93,10 +94,16 @@ def entity_texts(kb: pd.DataFrame) -> list[str]:
 
 
 def evaluate_scores(
-    scores: torch.Tensor, gold: np.ndarray, splits: np.ndarray, names: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """H@k / MRR / MR per split from [M, N] scores and gold KB rows."""
+    scores: torch.Tensor,
+    gold: np.ndarray,
+    splits: np.ndarray,
+    names: Sequence[str],
+    named: np.ndarray,
+) -> dict[str, dict[str, float | None]]:
+    """H@k / MRR / MR per split and per split subset (``<split>_named``,
+    ``<split>_unnamed``; ``named`` from :func:`vpmel.subsets.named_mentions`) from [M, N]
+    scores and gold KB rows."""
     gold_t = torch.tensor(np.asarray(gold), dtype=torch.long)
     gold_scores = scores.gather(1, gold_t.unsqueeze(1)).squeeze(1)
     ranks = pessimistic_ranks(scores, gold_scores).numpy()
-    return {s: ranking_metrics(ranks[splits == s]) for s in names}
+    return split_metrics(ranks, splits, names, named)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -11,11 +12,13 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from vpmel.metrics import KS
+from vpmel.subsets import LABELS, SUBSETS, subset_key
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMNS = (*(f"H@{k}" for k in KS), "MRR")
+SUBSET_COLUMNS = ("H@1", "H@5", "MRR", "n")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -36,6 +39,30 @@ def metrics_table(results: Mapping[str, Mapping[str, float] | None], split: str 
         else:
             rows.append([name, *(float(metrics[c]) for c in COLUMNS)])
     return markdown_table(["method", *COLUMNS], rows)
+
+
+def subset_table(results: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> str:
+    """One row per method: H@1, H@5, MRR and n on the ``split`` mentions whose gold entity
+    the caption names, then on those where it does not (:mod:`vpmel.subsets`).
+
+    ``results`` maps a method to its whole metrics file (``{split: .., <split>_named: ..,
+    <split>_unnamed: ..}``); a missing run says "not run", a run without the subsets "n/a",
+    an empty subset "–"."""
+    header = ["method"]
+    for subset in SUBSETS:
+        header += [f"{LABELS[subset]}: {c}" for c in SUBSET_COLUMNS]
+    rows = []
+    for name, metrics in results.items():
+        row: list[object] = [name]
+        for subset in SUBSETS:
+            m = None if metrics is None else metrics.get(subset_key(split, subset))
+            if metrics is None or m is None:
+                row += ["not run" if metrics is None else "n/a"] * len(SUBSET_COLUMNS)
+            else:
+                row += [float(m[c]) if m["n"] else "–" for c in SUBSET_COLUMNS[:-1]]
+                row.append(int(m["n"]))
+        rows.append(row)
+    return markdown_table(header, rows)
 
 
 def read_live(folder: Path) -> dict[str, pd.DataFrame]:
