@@ -18,6 +18,7 @@ import typer
 
 from stages.console import clear_errors, console
 from vpmel.baselines import (
+    box_following,
     clip_zero_shot_scores,
     entity_texts,
     evaluate_scores,
@@ -25,10 +26,12 @@ from vpmel.baselines import (
     mention_texts,
     text_embeddings,
     text_only_scores,
+    world_scene_objects,
 )
 from vpmel.encoders import ImageTextEncoder
 from vpmel.iier_data import entity_image_paths, gold_rows, kb_rows, read_answers
 from vpmel.params import PARAMS_FILE, load_params
+from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb
 from vpmel.subsets import SUBSETS, named_mentions, subset_key
 
@@ -46,6 +49,16 @@ def main(
 ) -> None:
     with clear_errors("baselines"):
         splits = tuple(load_params("evaluate", params_file)["splits"])
+        settings = dict(load_params("baselines", params_file) or {})
+        unknown = sorted(set(settings) - {"scene_objects"})
+        if unknown:
+            raise ValueError(f"{params_file}: unknown baselines params {unknown}")
+        style = PromptStyle(**dict(load_params("prompt", params_file) or {}))
+        objects_file = settings.get("scene_objects")
+        if objects_file and not Path(objects_file).is_file():
+            raise FileNotFoundError(
+                f"{params_file}: baselines.scene_objects {objects_file}: no such file"
+            )
         kb = read_kb(dataset)
         mentions = pd.read_parquet(vpwiki / "mentions.parquet")
         mentions = mentions[mentions["split"].isin(splits)].reset_index(drop=True)
@@ -62,9 +75,14 @@ def main(
     m_images = load_images(vpwiki, list(mentions["prompted_image"]))
     e_images = load_images(dataset, entity_image_paths(kb))
     e_texts = text_embeddings(encoder, entity_texts(kb))
+    unprompted = load_images(dataset, list(mentions["source_image"]))
     results = {
         "clip_zero_shot": evaluate_scores(
             clip_zero_shot_scores(encoder, m_images, e_images, list(kb["name"])),
+            gold_kb_rows, split_of, splits, named,
+        ),
+        "clip_zero_shot_unprompted": evaluate_scores(
+            clip_zero_shot_scores(encoder, unprompted, e_images, list(kb["name"])),
             gold_kb_rows, split_of, splits, named,
         ),
         "text_only": evaluate_scores(
@@ -76,10 +94,23 @@ def main(
             gold_kb_rows, split_of, splits, named,
         ),
     }  # fmt: skip
-    results["seconds"] = round(time.perf_counter() - started, 1)
+    if objects_file:
+        following = box_following(
+            encoder, mentions, dataset, world_scene_objects(Path(objects_file)), e_images,
+            list(kb["name"]), kb_rows(kb), style,
+        )  # fmt: skip
+        results["box_following"] = following
+        for split, f in following.items():
+            console.print(
+                f"baselines: box moved to another object ({split}, n={f['n']}): top-1 changes "
+                f"{f['changes']}%, becomes the newly boxed object {f['follows']}% (two-object "
+                f"scenes, n={f['n_two']}: {f['changes_two']}% / {f['follows_two']}%)"
+            )
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "baselines.json").write_text(json.dumps(results, indent=1) + "\n")
-    for name in ("clip_zero_shot", "text_only", "text_only_no_vlm"):
+    timing = {"seconds": round(time.perf_counter() - started, 1)}
+    (reports / "baselines_timing.json").write_text(json.dumps(timing) + "\n")
+    for name in ("clip_zero_shot", "clip_zero_shot_unprompted", "text_only", "text_only_no_vlm"):
         split = "test" if "test" in splits else splits[0]
         keys = (split, *(subset_key(split, subset) for subset in SUBSETS))
         console.print(f"baselines: {name}: " + ", ".join(

@@ -32,6 +32,7 @@ from stages.console import clear_errors, console
 from vpmel.encoder_training import TrainConfig, ViewConfig, train_encoder
 from vpmel.encoders import demo_config, describe, load_hub_checkpoint
 from vpmel.params import PARAMS_FILE, load_params
+from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -56,7 +57,9 @@ def main(
         torch.set_num_threads(threads)
         backend = p.get("backend", "demo")
         if backend == "demo":
-            metrics = _demo(p, dataset, out, threads)
+            # the `prompt` section (VPWiki's marker) when there is one, else the default style
+            prompt = dict(load_params(None, params_file).get("prompt") or {})
+            metrics = _demo(p, dataset, out, threads, prompt)
         elif backend == "hub":
             metrics = _hub(str(p["hub_model"]), out)
         else:
@@ -71,10 +74,14 @@ def main(
     )
 
 
-def _demo(p: dict[str, Any], dataset: Path, out: Path, threads: int) -> dict[str, Any]:
+def _demo(
+    p: dict[str, Any], dataset: Path, out: Path, threads: int, prompt: dict[str, Any]
+) -> dict[str, Any]:
     model_cfg = demo_config(p.get("model"))
     train = dict(p.get("train") or {})
-    views = _dataclass(ViewConfig, train.pop("views", None) or {}, "encoders.train.views")
+    # prompted training scenes are marked as VPWiki's images are (the `prompt` params)
+    views_params = dict(train.pop("views", None) or {}) | {"prompt": PromptStyle(**prompt)}
+    views = _dataclass(ViewConfig, views_params, "encoders.train.views")
     cfg = _dataclass(TrainConfig, train | {"views": views}, "encoders.train")
     kb = read_kb(dataset)
     console.print(
@@ -95,6 +102,9 @@ def _demo(p: dict[str, Any], dataset: Path, out: Path, threads: int) -> dict[str
             f"  {key:13s} top-1 {t['top1']:.3f} top-5 {t['top5']:.3f}"
             f"  (random init {r['top1']:.3f} / {r['top5']:.3f})"
         )
+    if m["prompt_following"]["trained"]:
+        t, r = m["prompt_following"]["trained"], m["prompt_following"]["random_init"]
+        console.print(f"  prompt following (held-out scenes): {t} (random init {r})")
     return {"backend": "demo", **m, "threads": threads, "model": describe(result.model)}
 
 

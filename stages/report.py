@@ -34,6 +34,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 BASELINES = {
     "clip_zero_shot": "CLIP zero-shot (demo encoder)",
+    "clip_zero_shot_unprompted": "CLIP zero-shot, image without the prompt",
     "text_only_no_vlm": "text-only bi-encoder (MiniLM, sentence)",
     "text_only": "text-only bi-encoder (MiniLM, VLM answer + sentence)",
 }
@@ -128,6 +129,17 @@ def main(
             plot_hits({k: v for k, v in results.items() if v}, reports / "report_hits.png",
                       "test H@k (whole KB)")  # fmt: skip
     md += ["![H@k](report_hits.png)", ""]
+    following = baselines.get("box_following") or {}
+    if following:
+        md += ["## Does the answer follow the box? (CLIP zero-shot)", "",
+               "The prompt moved onto another object of the same scene: share of mentions whose "
+               "top-1 entity changes, and whose top-1 becomes the newly boxed object (all "
+               "scenes with another object; two-object scenes).", ""]  # fmt: skip
+        rows = [[split, f["n"], f["changes"], f["follows"], f["n_two"], f["changes_two"],
+                 f["follows_two"]] for split, f in following.items()]  # fmt: skip
+        head = ["split", "n", "top-1 changes %", "follows %", "n (2 objects)", "changes %",
+                "follows %"]  # fmt: skip
+        md += [markdown_table(head, rows), ""]
 
     for title, variants, full, prefix in (
         ("Feature layers of V^G (Table 5): test", LAYERS, "layers 3, 10, 11, 12 (paper; IIER)",

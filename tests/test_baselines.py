@@ -7,7 +7,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from vpmel.baselines import clip_zero_shot_scores, evaluate_scores, mention_texts
+from vpmel.baselines import (
+    box_following,
+    clip_zero_shot_scores,
+    evaluate_scores,
+    mention_texts,
+    other_object,
+)
+from vpmel.prompts import PromptStyle
 from vpmel.report import markdown_table, metrics_table, pick_cases, subset_table
 
 
@@ -75,3 +82,49 @@ def test_subset_table_rows_for_every_method() -> None:
     assert lines[2] == "| A |" + " not run |" * 8
     assert lines[3] == "| B (before the subsets) |" + " n/a |" * 8
     assert lines[4] == "| C | 50.00 | 75.00 | 60.00 | 4 | – | – | – | 0 |"
+
+
+class BoxReader(FakeEncoder):
+    """Like FakeEncoder, but an image with a red prompt is embedded by the mean colour
+    inside the prompt: an encoder that reads the box perfectly."""
+
+    def encode_images(self, images, batch=256):
+        out = []
+        for im in images:
+            a = np.asarray(im, dtype=np.float32)
+            red = (a[..., 0] > 200) & (a[..., 1] < 60) & (a[..., 2] < 60)
+            if red.any():
+                ys, xs = np.nonzero(red)
+                a = a[ys.min() + 2 : ys.max() - 1, xs.min() + 2 : xs.max() - 1]
+            out.append(a.reshape(-1, 3).mean(0))
+        return torch.nn.functional.normalize(torch.tensor(np.array(out)), dim=1)
+
+
+def test_box_following_moves_the_prompt_to_the_other_object(tmp_path) -> None:
+    scene = Image.new("RGB", (48, 24), (255, 255, 255))
+    scene.paste((0, 200, 0), (2, 2, 22, 22))  # the gold object: green, left
+    scene.paste((0, 0, 200), (26, 2, 46, 22))  # another object: blue, right
+    (tmp_path / "images").mkdir()
+    scene.save(tmp_path / "images/s.png")
+    mentions = pd.DataFrame({
+        "source_image": ["images/s.png", "images/unknown.png"], "qid": ["G", "G"],
+        "box": [[2, 2, 22, 22]] * 2, "auto_box": [[1, 1, 23, 23]] * 2, "split": ["test"] * 2,
+    })  # fmt: skip
+    objects = {"images/s.png": [{"qid": "G", "box": [2, 2, 22, 22]},
+                                {"qid": "B", "box": [26, 2, 46, 22]}]}  # fmt: skip
+    entity_images = [Image.new("RGB", (4, 4), (0, 200, 0)), Image.new("RGB", (4, 4), (0, 0, 200))]
+    out = box_following(BoxReader(), mentions, tmp_path, objects, entity_images,
+                        ["green", "blue"], {"G": 0, "B": 1}, PromptStyle())  # fmt: skip
+    assert out == {"test": {"n": 1, "changes": 100.0, "follows": 100.0,
+                            "n_two": 1, "changes_two": 100.0, "follows_two": 100.0}}  # fmt: skip
+    # an encoder blind to the box answers the same wherever the box is
+    blind = box_following(FakeEncoder(), mentions, tmp_path, objects, entity_images,
+                          ["green", "blue"], {"G": 0, "B": 1}, PromptStyle())  # fmt: skip
+    assert blind["test"]["changes"] == 0.0
+
+
+def test_other_object_skips_the_gold_entity_and_its_place() -> None:
+    objects = [{"qid": "G", "box": [0, 0, 10, 10]}, {"qid": "X", "box": [1, 1, 10, 10]},
+               {"qid": "Y", "box": [20, 20, 30, 30]}]  # fmt: skip
+    assert other_object("G", [0, 0, 10, 10], objects)["qid"] == "Y"
+    assert other_object("G", [0, 0, 10, 10], objects[:2]) is None

@@ -23,10 +23,15 @@ from typer.testing import CliRunner
 
 from stages.encoders import app
 from vpmel.encoder_training import (
+    EntityImages,
     TrainConfig,
+    ViewConfig,
     contrastive_loss,
     cutout,
     entity_texts,
+    prompt_following,
+    prompt_probe,
+    render_prompted,
     train_encoder,
 )
 from vpmel.encoders import (
@@ -36,6 +41,7 @@ from vpmel.encoders import (
     demo_encoder,
     resolve_encoder,
 )
+from vpmel.prompts import PromptStyle
 from vpmel.schema import KB_FILE, KB_SCHEMA, write_table
 
 TINY = DemoEncoderConfig(
@@ -65,6 +71,8 @@ def _steps(n: int, seed: int = 0) -> TrainConfig:
         lr=3e-3,
         warmup_steps=2,
         background_bank=8,
+        probe_scenes=12,
+        views=ViewConfig(prompted_rate=0.3),
     )
 
 
@@ -119,6 +127,56 @@ def test_training_reduces_the_loss(trained) -> None:
     # the plain entity images are told apart after training, not before
     trained_top1 = retrieval["trained"]["entity_images"]["top1"]
     assert trained_top1 > retrieval["random_init"]["entity_images"]["top1"] + 0.3
+
+
+def red_pixels(image: Image.Image) -> int:
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+
+def test_prompted_views_box_one_entity_among_others(kb: pd.DataFrame, kb_root: Path) -> None:
+    images = EntityImages.from_kb(kb, kb_root)
+    pool = np.arange(len(kb))
+    cfg = ViewConfig(prompted_objects=(3, 3), prompt_jitter=0.0)
+    views = [render_prompted(np.random.default_rng(5), images, pool, 2, cfg) for _ in range(2)]
+    assert views[0].size == cfg.scene_size
+    assert np.array_equal(np.asarray(views[0]), np.asarray(views[1]))  # same seed, same view
+    # the red box is drawn: far more pure-red pixels than the red circle's outline-free fill
+    blank = ViewConfig(
+        prompted_objects=(3, 3), prompt_jitter=0.0, prompt=PromptStyle("box", "blue")
+    )
+    unmarked = render_prompted(np.random.default_rng(5), images, pool, 2, blank)
+    assert red_pixels(views[0]) > red_pixels(unmarked) + 50
+
+
+def test_prompt_probe_moves_the_box_to_another_object(kb: pd.DataFrame, kb_root: Path) -> None:
+    images = EntityImages.from_kb(kb, kb_root)
+    probe = prompt_probe(images, _steps(1), scenes=5)
+    assert len(probe.prompted) == len(probe.moved) == len(probe.unprompted) == 5
+    assert all(t != o for t, o in zip(probe.target, probe.other, strict=True))
+    assert all(2 <= n <= 5 for n in probe.n_objects)
+    for prompted, moved, plain in zip(probe.prompted, probe.moved, probe.unprompted, strict=True):
+        assert red_pixels(prompted) > red_pixels(plain) and red_pixels(moved) > red_pixels(plain)
+        assert not np.array_equal(np.asarray(prompted), np.asarray(moved))
+
+
+def test_training_reports_prompt_following(trained) -> None:
+    following = trained.metrics["prompt_following"]
+    for run in ("trained", "random_init"):
+        assert following[run]["scenes"] == 12
+        for key in ("prompted_top1", "unprompted_top1", "moved_follows", "moved_changes"):
+            assert 0.0 <= following[run][key] <= 1.0
+
+
+def test_prompt_following_counts_against_the_names(trained, kb, kb_root) -> None:
+    images = EntityImages.from_kb(kb, kb_root)
+    probe = prompt_probe(images, _steps(1), scenes=4)
+    out = prompt_following(trained.model, probe, list(kb["name"]))
+    text = trained.model.encode_texts(list(kb["name"]))
+    top = (trained.model.encode_images(probe.moved) @ text.T).argmax(1)
+    assert out["moved_follows"] == round(
+        float((top == torch.tensor(probe.other)).float().mean()), 4
+    )
 
 
 def test_same_seed_gives_identical_weights(kb: pd.DataFrame, kb_root: Path) -> None:

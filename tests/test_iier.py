@@ -330,7 +330,7 @@ def test_scaled_score_matches_equations(tmp_path: Path) -> None:
     cosine of the paper's unit outputs; the units' scores carry their own temperatures."""
     model, mentions, entities = model_and_batches(tmp_path)
     with torch.no_grad():
-        model.unit_weight.copy_(torch.tensor([0.7, -0.4, 1.3]))
+        model.unit_weight.copy_(torch.tensor([0.7, -0.4, 1.3, 0.6, -0.9]))
         model.log_temperature.copy_(torch.log(torch.tensor([5.0, 2.0, 3.0, 4.0])))
         scores = model(mentions, entities)
         m, e = model.encode(mentions), model.encode(entities)
@@ -360,11 +360,28 @@ def test_scaled_score_matches_equations(tmp_path: Path) -> None:
                 ref_cmfi_h(model.cmfi, m.t_global[b], m.v_local[b]),
                 ref_cmfi_h(model.cmfi, e.t_global[n], e.v_local[n]),
             )
-            expected = 5.0 * (g2g + 0.7 * g2l - 0.4 * s_v + 1.3 * s_c)
+            i2i = cos(m.v_tower[b], e.v_tower[n])
+            i2t = cos(m.v_tower[b], e.t_tower[n])
+            expected = 5.0 * (g2g + 0.7 * g2l - 0.4 * s_v + 1.3 * s_c + 0.6 * i2i - 0.9 * i2t)
             assert scores.s[b, n].item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
             assert scores.s_v[b, n].item() == pytest.approx(2.0 * s_v, rel=1e-4, abs=1e-4)
             assert scores.s_t[b, n].item() == pytest.approx(3.0 * (g2g + g2l) / 2, abs=1e-4)
             assert scores.s_c[b, n].item() == pytest.approx(4.0 * s_c, rel=1e-4, abs=1e-4)
+
+
+def test_tower_embeddings_are_the_encoders_own(tmp_path: Path) -> None:
+    """I2I and I2T read the image-text encoder's own (CLIP-space) embeddings."""
+    model, mentions, _ = model_and_batches(tmp_path, text_global="mean")
+    enc = model.encoder
+    with torch.no_grad():
+        m = model.encode(mentions)
+        image = F.normalize(enc.image_features(mentions["pixel_values"]), dim=-1)
+        text = F.normalize(enc.text_features(mentions["input_ids"], mentions["attention_mask"]), -1)
+    torch.testing.assert_close(m.v_tower, image, rtol=1e-5, atol=1e-5)
+    # pair encodings carry token types, which encoder.text_features does not pass
+    hidden = model.text_hidden(mentions["input_ids"], mentions["attention_mask"])
+    t = F.normalize(enc.text_projection(model.textual(hidden, mentions["attention_mask"])[0]), -1)
+    torch.testing.assert_close(text, t, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("text_global", ["mean", "cls"])

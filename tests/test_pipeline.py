@@ -22,8 +22,9 @@ TINY_WORLD = {"seed": 3, "kb_size": 60, "n_scenes": 40}
 TINY = {
     "encoders": {
         "threads": 1,
-        "model": {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
-        "train": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "background_bank": 4},
+        "model": {"image_size": 48, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
+        "train": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "background_bank": 4,
+                  "probe_scenes": 8},  # fmt: skip
     },
     "annotate": {"clip": {"top_k": 6, "refine_steps": 1}},
     "split": {"iou_min": 0.0},
@@ -156,7 +157,9 @@ def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]
 
     # the report: baselines, the three ablations and the full model, offline pictures
     baselines = json.loads((repo / "reports/baselines.json").read_text())
-    assert set(baselines) >= {"clip_zero_shot", "text_only", "text_only_no_vlm"}
+    assert set(baselines) >= {"clip_zero_shot", "clip_zero_shot_unprompted", "text_only",
+                              "text_only_no_vlm", "box_following"}  # fmt: skip
+    assert baselines["box_following"]["test"]["n"] > 0
     for name in ("clip_zero_shot", "text_only", "text_only_no_vlm"):
         _assert_subsets(baselines[name])
         assert baselines[name]["test_named"]["n"] == metrics["test_named"]["n"]

@@ -7,6 +7,12 @@
   sentence) against ``"{name}. {attributes}"`` with the pretrained text tower (MiniLM,
   mean-pooled, cosine) — no image at all.
 
+- **Does the answer follow the box?** (:func:`box_following`) CLIP zero-shot again, on the
+  same scene without the prompt (``clip_zero_shot_unprompted``: what the encoder ranks when it
+  cannot know which object is meant) and with the prompt moved onto another object of the
+  scene (where the objects of each scene are known, e.g. the demo world's truth): the share of
+  mentions whose top-1 entity changes, and whose top-1 becomes the newly boxed object.
+
 Ranks are pessimistic as in :mod:`vpmel.retrieval` (rank = number of entities scoring at
 least the gold one's score). Each split is also reported on its mentions whose gold entity
 the caption names and those where it does not (:mod:`vpmel.subsets`, the paper's Table 3).
@@ -22,11 +28,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from vpmel.boxes import iou
 from vpmel.encoder_training import TEXT_VARIANTS
 from vpmel.encoder_training import entity_texts as entity_text_variants
 from vpmel.encoders import ImageTextEncoder
 from vpmel.iier_data import mention_text_pairs
 from vpmel.images import load_image
+from vpmel.prompts import PromptStyle, draw_prompt
 from vpmel.retrieval import pessimistic_ranks
 from vpmel.subsets import split_metrics
 
@@ -107,3 +115,82 @@ def evaluate_scores(
     gold_scores = scores.gather(1, gold_t.unsqueeze(1)).squeeze(1)
     ranks = pessimistic_ranks(scores, gold_scores).numpy()
     return split_metrics(ranks, splits, names, named)
+
+
+def other_object(
+    gold_qid: str, gold_box: Sequence[float], objects: Sequence[Mapping]
+) -> Mapping | None:
+    """The first object of a scene (draw order) that is another entity and another place
+    (IoU < 0.5 with the gold box), or None when the scene has none."""
+    for obj in objects:
+        if obj["qid"] != gold_qid and iou(list(obj["box"]), list(gold_box)) < 0.5:
+            return obj
+    return None
+
+
+def box_following(
+    encoder: ImageTextEncoder,
+    mentions: pd.DataFrame,
+    dataset: Path,
+    scene_objects: Mapping[str, Sequence[Mapping]],
+    entity_images: list,
+    entity_names: Sequence[str],
+    kb_row: Mapping[str, int],
+    style: PromptStyle,
+) -> dict[str, dict[str, float | int]]:
+    """Per split: move each mention's prompt onto another object of its scene and see whether
+    CLIP zero-shot's top-1 entity follows it (see the module docstring).
+
+    ``mentions`` needs ``source_image`` (relative to ``dataset``), ``qid``, ``box``,
+    ``auto_box`` (the prompt VPWiki drew), ``split``; ``scene_objects`` maps a source image to
+    its objects (``qid``, ``box`` in that image's pixels). Mentions whose scene is unknown or
+    has no other object are left out (``n`` counts the rest). ``*_two`` restricts to scenes of
+    exactly two objects.
+    """
+    rows = [
+        (i, other_object(m.qid, m.box, scene_objects[m.source_image]))
+        for i, m in enumerate(mentions.itertuples(index=False))
+        if m.source_image in scene_objects
+    ]
+    rows = [(i, obj) for i, obj in rows if obj is not None and obj["qid"] in kb_row]
+    out: dict[str, dict[str, float | int]] = {}
+    if not rows:
+        return out
+    picked = mentions.iloc[[i for i, _ in rows]].reset_index(drop=True)
+    sources = load_images(dataset, list(picked["source_image"]))
+    prompted = [draw_prompt(im, box, style) for im, box in zip(sources, picked["auto_box"],
+                                                                strict=True)]  # fmt: skip
+    moved = [draw_prompt(im, obj["box"], style) for im, (_, obj) in zip(sources, rows,
+                                                                        strict=True)]  # fmt: skip
+    top_prompted = clip_zero_shot_scores(encoder, prompted, entity_images, entity_names).argmax(1)
+    top_moved = clip_zero_shot_scores(encoder, moved, entity_images, entity_names).argmax(1)
+    other_rows = torch.tensor([kb_row[obj["qid"]] for _, obj in rows])
+    two = torch.tensor([len(scene_objects[src]) == 2 for src in picked["source_image"]])
+    changes, follows = top_moved != top_prompted, top_moved == other_rows
+    for split in pd.unique(picked["split"]):
+        mask = torch.tensor((picked["split"] == split).to_numpy())
+        out[str(split)] = {
+            "n": int(mask.sum()),
+            "changes": _share(changes, mask),
+            "follows": _share(follows, mask),
+            "n_two": int((mask & two).sum()),
+            "changes_two": _share(changes, mask & two),
+            "follows_two": _share(follows, mask & two),
+        }
+    return out
+
+
+def _share(hit: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Percentage of ``hit`` among ``mask``'s rows (None when there are none)."""
+    return round(100.0 * float(hit[mask].float().mean()), 2) if bool(mask.any()) else None
+
+
+def world_scene_objects(truth_scenes: Path, image_prefix: str = "images/mentions/") -> dict:
+    """The demo world's objects per scene, keyed by the scene's path in the imported dataset
+    (the import keeps each source path under ``images/mentions/``)."""
+    table = pd.read_parquet(truth_scenes, columns=["image", "objects"])
+    return {
+        image_prefix + image: [{"qid": o["qid"], "box": [float(v) for v in o["box"]]}
+                               for o in objects]
+        for image, objects in zip(table["image"], table["objects"], strict=True)
+    }  # fmt: skip

@@ -10,6 +10,14 @@ image instead. Each view is paired with a text: the entity name, sometimes
 The loss is the symmetric InfoNCE of CLIP with in-batch negatives, where entries of the same
 entity are never each other's negatives.
 
+A share of the views (``prompted_rate``) teaches what a visual prompt means, the way CLIP
+learned it from web images (Shtedritski et al., cited by the paper): a whole scene of 2-5 KB
+entities composed by the demo world's scene generator (its own seed stream, so never a scene,
+caption or mention of VPWiki), with the red prompt drawn around one of them, paired with
+that entity's text. Which object is boxed is uniform, so only the box tells which entity the
+text names. Its evaluation (:func:`prompt_following`) asks the same of held-out scenes:
+retrieval with the box, without it, and with the box moved onto another object.
+
 The text tower is frozen, so the pooled text features of every (entity, text variant) are
 computed once and only the projections and the vision tower are trained. Everything is
 deterministic from ``TrainConfig.seed`` on CPU (numpy ``Generator`` streams for views,
@@ -26,7 +34,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +47,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from scipy import ndimage
 
 from vpmel.encoders import DemoEncoderConfig, ImageTextEncoder, demo_encoder
+from vpmel.prompts import PromptStyle, draw_prompt
 from vpmel.world.glyphs import alpha_bbox, fit
-from vpmel.world.scenes import draw_background
+from vpmel.world.scenes import compose_scene, draw_background, place_squares
 
 TEXT_VARIANTS = ("name", "name_type", "name_description")
 WHITE_LEVEL = 242  # an entity image's background: border-connected pixels this white or more
@@ -60,6 +69,11 @@ class ViewConfig:
     distractor_overlap: float = 0.35  # at most this share of the target box covered
     plain_rate: float = 0.1  # P(the entity image on white instead of a scene crop)
     text_rates: tuple[float, float, float] = (0.6, 0.2, 0.2)  # name / name type / name. desc.
+    prompted_rate: float = 0.0  # P(a whole prompted scene: the entity boxed among others)
+    prompted_objects: tuple[int, int] = (2, 5)  # objects per prompted scene (inclusive)
+    occlusion_max: float = 0.35  # of each object's square, as the demo world's scenes
+    prompt_jitter: float = 0.1  # box sides moved by up to this share (automatic boxes are loose)
+    prompt: PromptStyle = field(default_factory=PromptStyle)
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,7 @@ class TrainConfig:
     device: str = "cpu"
     eval_seed: int = 1_000_003  # fresh views for the held-out evaluation
     eval_views_per_entity: int = 1
+    probe_scenes: int = 400  # held-out prompted scenes for prompt_following (0: none)
     views: ViewConfig = field(default_factory=ViewConfig)
 
 
@@ -214,6 +229,60 @@ def render_view(
     return canvas
 
 
+def prompted_scene(
+    rng: np.random.Generator,
+    images: EntityImages,
+    objects: Sequence[int],
+    cfg: ViewConfig,
+) -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
+    """A demo-world scene of ``objects`` (KB entity indices, in draw order), unprompted, and
+    each object's box as placed."""
+    width, height = cfg.scene_size
+    squares = place_squares(
+        rng, len(objects), width, height, cfg.object_scale, cfg.occlusion_max, cfg.max_rotation
+    )
+    glyphs = [images.at(i, max(sq.size, 8)) for i, sq in zip(objects, squares, strict=True)]
+    image, boxes = compose_scene(rng, width, height, glyphs, squares)
+    return image, list(boxes)
+
+
+def jittered(
+    rng: np.random.Generator, box: Sequence[float], jitter: float, size: tuple[int, int]
+) -> list[float]:
+    """``box`` with each side moved by up to ``jitter`` of the box's side, kept in the image."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    d = rng.uniform(-jitter, jitter, size=4) * np.array([w, h, w, h])
+    out = [x1 + d[0], y1 + d[1], x2 + d[2], y2 + d[3]]
+    out = [min(max(v, 0.0), float(size[i % 2])) for i, v in enumerate(out)]
+    if out[2] - out[0] < 2 or out[3] - out[1] < 2:
+        return [x1, y1, x2, y2]
+    return out
+
+
+def render_prompted(
+    rng: np.random.Generator,
+    images: EntityImages,
+    pool: np.ndarray,
+    index: int,
+    cfg: ViewConfig,
+) -> Image.Image:
+    """Entity ``index`` among other entities of ``pool`` in a composed scene, marked by the
+    visual prompt (its reference box, jittered); its place in the draw order is random."""
+    low, high = cfg.prompted_objects
+    others: list[int] = []
+    for _ in range(int(rng.integers(low, high + 1)) - 1):
+        other = int(pool[rng.integers(len(pool))])
+        if other != index and other not in others:
+            others.append(other)
+    objects = others[:]
+    target = int(rng.integers(len(objects) + 1))
+    objects.insert(target, index)
+    image, boxes = prompted_scene(rng, images, objects, cfg)
+    box = jittered(rng, boxes[target], cfg.prompt_jitter, image.size)
+    return draw_prompt(image, box, cfg.prompt)
+
+
 class Backgrounds:
     """Cluttered backgrounds from the demo world's generator.
 
@@ -301,6 +370,9 @@ class ViewSampler:
         """One view of each entity (a distractor is any other entity with an image)."""
         out = []
         for index in entities:
+            if self.cfg.prompted_rate > 0 and self.rng.random() < self.cfg.prompted_rate:
+                out.append(render_prompted(self.rng, self.images, self.pool, index, self.cfg))
+                continue
             distractor = None
             if self.rng.random() < self.cfg.distractor_rate:
                 distractor = int(self.pool[self.rng.integers(len(self.pool))])
@@ -374,7 +446,65 @@ def evaluation_views(
 
 
 def replace_plain(cfg: ViewConfig, plain_rate: float) -> ViewConfig:
-    return ViewConfig(**(asdict(cfg) | {"plain_rate": plain_rate}))
+    return replace(cfg, plain_rate=plain_rate, prompted_rate=0.0)
+
+
+@dataclass(frozen=True)
+class PromptProbe:
+    """Held-out prompted scenes: each with two objects boxed in turn, and unprompted."""
+
+    prompted: list[Image.Image]  # the target boxed
+    unprompted: list[Image.Image]  # the same scene, no prompt
+    moved: list[Image.Image]  # the box on another object of the same scene
+    target: list[int]  # entity of the boxed object
+    other: list[int]  # entity the moved box marks
+    n_objects: list[int]
+
+
+def prompt_probe(images: EntityImages, cfg: TrainConfig, scenes: int) -> PromptProbe:
+    """``scenes`` fresh scenes (from ``eval_seed``, never used in training or in VPWiki)."""
+    rng = np.random.default_rng([cfg.eval_seed, 11])
+    pool = np.flatnonzero(images.has_image())
+    views = cfg.views
+    out: dict[str, list] = {k: [] for k in PromptProbe.__dataclass_fields__}
+    low, high = views.prompted_objects
+    for _ in range(scenes):
+        n = int(rng.integers(max(2, low), high + 1))
+        objects = [int(i) for i in rng.choice(pool, size=min(n, len(pool)), replace=False)]
+        image, boxes = prompted_scene(rng, images, objects, views)
+        t, o = (int(x) for x in rng.choice(len(objects), size=2, replace=False))
+        out["prompted"].append(draw_prompt(image, boxes[t], views.prompt))
+        out["moved"].append(draw_prompt(image, boxes[o], views.prompt))
+        out["unprompted"].append(image)
+        out["target"].append(objects[t])
+        out["other"].append(objects[o])
+        out["n_objects"].append(len(objects))
+    return PromptProbe(**out)
+
+
+@torch.no_grad()
+def prompt_following(
+    model: ImageTextEncoder, probe: PromptProbe, names: list[str]
+) -> dict[str, float]:
+    """Does the encoder read the prompt? Top-1 name (over the whole KB) of each scene with the
+    box on the target (``prompted``), without a box (``unprompted``), and with the box moved
+    to another object: ``moved_follows`` is the share whose top-1 becomes that object,
+    ``moved_changes`` the share whose top-1 differs from the prompted one."""
+    text = model.encode_texts(names)
+
+    def top1(views: list[Image.Image]) -> torch.Tensor:
+        return (model.encode_images(views) @ text.T).argmax(1)
+
+    target, other = torch.tensor(probe.target), torch.tensor(probe.other)
+    prompted, unprompted, moved = (top1(v) for v in (probe.prompted, probe.unprompted, probe.moved))
+    share = lambda x: round(float(x.float().mean()), 4)  # noqa: E731
+    return {
+        "scenes": len(probe.target),
+        "prompted_top1": share(prompted == target),
+        "unprompted_top1": share(unprompted == target),
+        "moved_follows": share(moved == other),
+        "moved_changes": share(moved != prompted),
+    }
 
 
 def evaluate(
@@ -445,6 +575,10 @@ def train_encoder(
     held_out = evaluation_views(images, cfg)
     baseline = evaluate(model, held_out, names)
     log(f"encoders: random init retrieval {baseline}")
+    probe = prompt_probe(images, cfg, cfg.probe_scenes) if cfg.probe_scenes else None
+    probe_init = prompt_following(model, probe, names) if probe else None
+    if probe_init:
+        log(f"encoders: random init prompt following {probe_init}")
 
     sampler = ViewSampler(images, cfg.views, cfg.seed, cfg.background_bank)
     optimizer = _optimizer(model, cfg)
@@ -475,6 +609,9 @@ def train_encoder(
     model.eval()
     trained = evaluate(model, held_out, names)
     log(f"encoders: trained retrieval {trained}")
+    probe_trained = prompt_following(model, probe, names) if probe else None
+    if probe_trained:
+        log(f"encoders: trained prompt following {probe_trained}")
     n_images = len(losses) * min(cfg.batch_size, len(sampler.pool))
     metrics = {
         "steps": len(losses),
@@ -487,6 +624,7 @@ def train_encoder(
         "logit_scale": round(float(model.logit_scale.detach().exp()), 2),
         "kb_entities": len(kb),
         "retrieval": {"trained": trained, "random_init": baseline},
+        "prompt_following": {"trained": probe_trained, "random_init": probe_init},
     }
     return TrainResult(model, metrics, losses)
 

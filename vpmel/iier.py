@@ -28,8 +28,11 @@ for the zero-shot text tower alone). ``scaled`` keeps every unit and equation bu
 embedding, as the released code does with CLIP's normalised ``text_embeds``) instead of from
 the freshly initialised FC; (2) turns the other terms into cosines — G2L =
 cos(FC(T_E^G), h_t), S_V^dir = cos(h_v, V^G), S_C = cos(h_e, h_m) — so every term lives in
-[-1, 1]; (3) combines them as ``S = τ_O (G2G + w_T G2L + w_V S_V + w_C S_C)`` with learned
-weights ``w`` that start at zero and a learned temperature ``τ_O``; the units' own scores for
+[-1, 1]; (3) combines them as ``S = τ_O (G2G + w_T G2L + w_V S_V + w_C S_C + w_I I2I + w_X I2T)``
+with learned weights ``w`` that start at zero and a learned temperature ``τ_O``, where I2I and
+I2T are what the pretrained image-text encoder itself says (cosine of its own image
+embeddings of mention and entity, and of the mention image against the entity text: the
+visual counterparts of G2G, which CLIP-style towers are trained for); the units' own scores for
 L_V, L_T, L_C get learned temperatures too (``S_V = τ_V s_v``, ``S_T = τ_T (G2G + G2L) / 2``,
 ``S_C = τ_C s_c``). An untrained IIER therefore ranks exactly as its pretrained text cosine,
 and training can only add what the visual prompt and the units bring.
@@ -65,6 +68,8 @@ TEXT_GLOBALS = ("cls", "mean", "eos")
 COMBINATIONS = ("scaled", "paper")
 #: starting temperature of the scaled combination's cosines (CLIP's initial logit scale)
 INIT_TEMPERATURE = 1 / 0.07
+#: the terms the scaled combination weighs (each weight starts at zero) beside G2G
+SCALED_TERMS = ("G2L", "S_V", "S_C", "I2I", "I2T")
 CONFIG_FILE = "iier.json"
 HEAD_FILE = "iier.safetensors"
 ENCODER_DIR = "encoder"
@@ -116,6 +121,8 @@ class Features:
     t_global: Tensor  # T^G [B, d_t], L2-normalised
     t_local: Tensor  # T^L [B, L, d_t]
     t_mask: Tensor  # [B, L]; 1 = token, 0 = padding
+    v_tower: Tensor  # the towers' own image embedding (CLIP space), L2-normalised [B, p]
+    t_tower: Tensor  # the towers' own text embedding (CLIP space), L2-normalised [B, p]
 
 
 class _Tensors:
@@ -149,6 +156,8 @@ class EntitySide(_Tensors):
     queries: Tensor  # T_E^L W_tq [N, L, d_t]          TFI G2L
     query_weight: Tensor  # [N, L] mask / #tokens: TFI's mean over real query rows
     h: Tensor  # h_e [N, d_c]                          CMFI
+    v_tower: Tensor  # [N, p]                          scaled: image-image, pretrained
+    t_tower: Tensor  # [N, p]                          scaled: image-text, pretrained
 
 
 @dataclass
@@ -162,6 +171,7 @@ class MentionSide(_Tensors):
     values: Tensor  # T_M^L W_tv [B, L, d_t]
     key_bias: Tensor  # [B, L]: 0 for tokens, -inf-ish for padding
     h: Tensor  # h_m [B, d_c]
+    v_tower: Tensor  # [B, p]
 
 
 class Scores(NamedTuple):
@@ -372,7 +382,7 @@ class IIER(nn.Module):
             # log temperatures of S (τ_O) and of the units' own scores (τ_V, τ_T, τ_C), and
             # the weights w_T, w_V, w_C of G2L, S_V and S_C in S, which start at zero
             self.log_temperature = nn.Parameter(torch.full((4,), math.log(INIT_TEMPERATURE)))
-            self.unit_weight = nn.Parameter(torch.zeros(3))
+            self.unit_weight = nn.Parameter(torch.zeros(len(SCALED_TERMS)))
         for unused in (encoder.visual_projection, encoder.text_projection):
             unused.requires_grad_(False)
         encoder.logit_scale.requires_grad_(False)
@@ -434,15 +444,28 @@ class IIER(nn.Module):
         ``vision_cls`` and ``vision_last``), ``attention_mask`` and ``input_ids``
         (+ ``token_type_ids``) or a frozen tower's cached ``text_hidden``."""
         if "vision_cls" in batch:
-            v_global, v_local = self.visual(batch["vision_cls"], batch["vision_last"])
+            cls_states, last = batch["vision_cls"], batch["vision_last"]
         else:
-            v_global, v_local = self.image_features(batch["pixel_values"])
+            cls_states, last = self.vision_hidden(batch["pixel_values"])
+        v_global, v_local = self.visual(cls_states, last)
         mask = batch["attention_mask"]
         hidden = batch.get("text_hidden")
         if hidden is None:
             hidden = self.text_hidden(batch["input_ids"], mask, batch.get("token_type_ids"))
         t_global, t_local = self.textual(hidden, mask)
-        return Features(v_global, v_local, t_global, t_local, mask)
+        v_tower, t_tower = self.tower_embeddings(last, hidden, mask)
+        return Features(v_global, v_local, t_global, t_local, mask, v_tower, t_tower)
+
+    def tower_embeddings(self, last: Tensor, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """What the pretrained image-text encoder itself says: its projected, normalised image
+        embedding (pooled CLS of the output layer -> post LayerNorm -> projection) and text
+        embedding (pooled as ``text_global`` -> projection). Frozen; used by ``scaled``."""
+        with torch.no_grad():
+            post = _post_layernorm(self.encoder)
+            pooled = post(last[:, 0]) if post is not None else last[:, 0]
+            v = F.normalize(self.encoder.visual_projection(pooled), dim=-1)
+            t = self.encoder.text_projection(pool_text(hidden, mask, self.cfg.text_global))
+            return v, F.normalize(t, dim=-1)
 
     # ---------------------------------------------------------------- the two sides
 
@@ -465,6 +488,8 @@ class IIER(nn.Module):
             queries=self.tfi.query(e.t_local),
             query_weight=weight / weight.sum(1, keepdim=True).clamp(min=1.0),
             h=self._unit_norm(self.cmfi(e.t_global, e.v_local)),
+            v_tower=e.v_tower,
+            t_tower=e.t_tower,
         )
 
     def mention_side(self, m: Features) -> MentionSide:
@@ -480,6 +505,7 @@ class IIER(nn.Module):
                 m.t_mask == 0, neg
             ),
             h=self._unit_norm(self.cmfi(m.t_global, m.v_local)),
+            v_tower=m.v_tower,
         )
 
     def score(self, m: MentionSide, e: EntitySide) -> Scores:
@@ -495,10 +521,12 @@ class IIER(nn.Module):
         if not self.scaled:  # the paper: S = (S_V + S_T + S_C) / 3
             s_t = (g2g + g2l) / 2
             return Scores((s_v + s_t + s_c) / 3, s_v, s_t, s_c)
-        # scaled: S = τ_O (G2G + w_T G2L + w_V S_V + w_C S_C), every term a cosine
+        # scaled: S = τ_O (G2G + w_T G2L + w_V S_V + w_C S_C + w_I I2I + w_X I2T), cosines
         tau = self.log_temperature.clamp(max=math.log(100.0)).exp()
-        w_t, w_v, w_c = self.unit_weight
-        s = tau[0] * (g2g + w_t * g2l + w_v * s_v + w_c * s_c)
+        w_t, w_v, w_c, w_i, w_x = self.unit_weight
+        i2i = m.v_tower @ e.v_tower.T  # the towers' own image-image cosine
+        i2t = m.v_tower @ e.t_tower.T  # ... and mention image vs entity text
+        s = tau[0] * (g2g + w_t * g2l + w_v * s_v + w_c * s_c + w_i * i2i + w_x * i2t)
         return Scores(s, tau[1] * s_v, tau[2] * (g2g + g2l) / 2, tau[3] * s_c)
 
     def forward(self, mentions: dict[str, Tensor], entities: dict[str, Tensor]) -> Scores:
@@ -546,6 +574,12 @@ class IIER(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{folder / HEAD_FILE}: missing {missing}, unexpected {unexpected}")
         return model.eval(), meta.get("extra", {})
+
+
+def _post_layernorm(encoder: ImageTextEncoder) -> nn.Module | None:
+    vision = encoder.vision_model
+    inner = getattr(vision, "vision_model", vision)
+    return getattr(inner, "post_layernorm", None)
 
 
 def _unused_tower_parts(encoder: ImageTextEncoder) -> list[nn.Module]:
