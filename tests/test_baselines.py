@@ -108,7 +108,7 @@ def test_box_following_moves_the_prompt_to_the_other_object(tmp_path) -> None:
     scene.save(tmp_path / "images/s.png")
     mentions = pd.DataFrame({
         "source_image": ["images/s.png", "images/unknown.png"], "qid": ["G", "G"],
-        "box": [[2, 2, 22, 22]] * 2, "auto_box": [[1, 1, 23, 23]] * 2, "split": ["test"] * 2,
+        "box": [None, [2, 2, 22, 22]], "auto_box": [[1, 1, 23, 23]] * 2, "split": ["test"] * 2,
     })  # fmt: skip
     objects = {"images/s.png": [{"qid": "G", "box": [2, 2, 22, 22]},
                                 {"qid": "B", "box": [26, 2, 46, 22]}]}  # fmt: skip

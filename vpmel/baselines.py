@@ -141,17 +141,18 @@ def box_following(
     """Per split: move each mention's prompt onto another object of its scene and see whether
     CLIP zero-shot's top-1 entity follows it (see the module docstring).
 
-    ``mentions`` needs ``source_image`` (relative to ``dataset``), ``qid``, ``box``,
+    ``mentions`` needs ``source_image`` (relative to ``dataset``), ``qid``, ``box`` (or None),
     ``auto_box`` (the prompt VPWiki drew), ``split``; ``scene_objects`` maps a source image to
     its objects (``qid``, ``box`` in that image's pixels). Mentions whose scene is unknown or
     has no other object are left out (``n`` counts the rest). ``*_two`` restricts to scenes of
     exactly two objects.
     """
-    rows = [
-        (i, other_object(m.qid, m.box, scene_objects[m.source_image]))
+    rows = [  # the gold object's place: its reference box, else the box VPWiki drew
+        (i, other_object(m.qid, m.auto_box if m.box is None else m.box,
+                         scene_objects[m.source_image]))
         for i, m in enumerate(mentions.itertuples(index=False))
         if m.source_image in scene_objects
-    ]
+    ]  # fmt: skip
     rows = [(i, obj) for i, obj in rows if obj is not None and obj["qid"] in kb_row]
     out: dict[str, dict[str, float | int]] = {}
     if not rows:
