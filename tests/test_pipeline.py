@@ -23,8 +23,13 @@ TINY = {
     "encoders": {
         "threads": 1,
         "model": {"image_size": 48, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
-        "train": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "background_bank": 4,
-                  "probe_scenes": 8},  # fmt: skip
+        "train": {
+            "steps": 3,
+            "batch_size": 16,
+            "warmup_steps": 1,
+            "background_bank": 4,
+            "probe_scenes": 8,
+        },  # fmt: skip
     },
     "annotate": {"clip": {"top_k": 6, "refine_steps": 1}},
     "split": {"iou_min": 0.0},
