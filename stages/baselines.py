@@ -76,10 +76,10 @@ def main(
     e_images = load_images(dataset, entity_image_paths(kb))
     e_texts = text_embeddings(encoder, entity_texts(kb))
     unprompted = load_images(dataset, list(mentions["source_image"]))
+    prompted_scores = clip_zero_shot_scores(encoder, m_images, e_images, list(kb["name"]))
     results = {
         "clip_zero_shot": evaluate_scores(
-            clip_zero_shot_scores(encoder, m_images, e_images, list(kb["name"])),
-            gold_kb_rows, split_of, splits, named,
+            prompted_scores, gold_kb_rows, split_of, splits, named
         ),
         "clip_zero_shot_unprompted": evaluate_scores(
             clip_zero_shot_scores(encoder, unprompted, e_images, list(kb["name"])),
@@ -96,8 +96,9 @@ def main(
     }  # fmt: skip
     if objects_file:
         following = box_following(
-            encoder, mentions, dataset, world_scene_objects(Path(objects_file)), e_images,
-            list(kb["name"]), kb_rows(kb), style,
+            encoder, mentions, unprompted, prompted_scores.argmax(1),
+            world_scene_objects(Path(objects_file)), e_images, list(kb["name"]), kb_rows(kb),
+            style,
         )  # fmt: skip
         results["box_following"] = following
         for split, f in following.items():

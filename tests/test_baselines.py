@@ -11,10 +11,11 @@ from vpmel.baselines import (
     box_following,
     clip_zero_shot_scores,
     evaluate_scores,
+    load_images,
     mention_texts,
     other_object,
 )
-from vpmel.prompts import PromptStyle
+from vpmel.prompts import PromptStyle, draw_prompt
 from vpmel.report import markdown_table, metrics_table, pick_cases, subset_table
 
 
@@ -113,13 +114,20 @@ def test_box_following_moves_the_prompt_to_the_other_object(tmp_path) -> None:
     objects = {"images/s.png": [{"qid": "G", "box": [2, 2, 22, 22]},
                                 {"qid": "B", "box": [26, 2, 46, 22]}]}  # fmt: skip
     entity_images = [Image.new("RGB", (4, 4), (0, 200, 0)), Image.new("RGB", (4, 4), (0, 0, 200))]
-    out = box_following(BoxReader(), mentions, tmp_path, objects, entity_images,
-                        ["green", "blue"], {"G": 0, "B": 1}, PromptStyle())  # fmt: skip
+    sources = load_images(tmp_path, ["images/s.png", "images/s.png"])
+
+    def following(encoder):  # VPWiki's images carry the prompt at auto_box
+        prompted = [draw_prompt(im, box, PromptStyle())
+                    for im, box in zip(sources, mentions["auto_box"], strict=True)]  # fmt: skip
+        top = clip_zero_shot_scores(encoder, prompted, entity_images, ["green", "blue"])
+        return box_following(encoder, mentions, sources, top.argmax(1), objects, entity_images,
+                             ["green", "blue"], {"G": 0, "B": 1}, PromptStyle())  # fmt: skip
+
+    out = following(BoxReader())
     assert out == {"test": {"n": 1, "changes": 100.0, "follows": 100.0,
                             "n_two": 1, "changes_two": 100.0, "follows_two": 100.0}}  # fmt: skip
     # an encoder blind to the box answers the same wherever the box is
-    blind = box_following(FakeEncoder(), mentions, tmp_path, objects, entity_images,
-                          ["green", "blue"], {"G": 0, "B": 1}, PromptStyle())  # fmt: skip
+    blind = following(FakeEncoder())
     assert blind["test"]["changes"] == 0.0
 
 

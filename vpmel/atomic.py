@@ -1,15 +1,17 @@
-"""Replace an output folder only when the new one is complete.
+"""Replace an output (folder or file) only when the new one is complete.
 
-A stage that rebuilds a folder (the imported dataset, a checkpoint) writes the new content
-into a temporary sibling and swaps it in at the end: an interrupted or failed run leaves the
-previous output intact, and a half-written folder is never mistaken for a finished one.
+A stage that rebuilds a folder (the imported dataset, a checkpoint) or a file (a cached
+index) writes the new content into a temporary sibling and swaps it in at the end: an
+interrupted or failed run leaves the previous output intact, and a half-written output is
+never mistaken for a finished one.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,3 +54,22 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def atomic_file(path: Path, write: Callable[[str], object]) -> None:
+    """``write(tmp)`` a file beside ``path``, then move it to ``path`` in one step. The file
+    gets the mode a newly created file gets under the umask (0666 & ~umask): writers such as
+    safetensors' create their files 0600."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(tmp)
+        umask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -131,7 +131,8 @@ def other_object(
 def box_following(
     encoder: ImageTextEncoder,
     mentions: pd.DataFrame,
-    dataset: Path,
+    sources: list,
+    top_prompted: torch.Tensor,
     scene_objects: Mapping[str, Sequence[Mapping]],
     entity_images: list,
     entity_names: Sequence[str],
@@ -141,11 +142,12 @@ def box_following(
     """Per split: move each mention's prompt onto another object of its scene and see whether
     CLIP zero-shot's top-1 entity follows it (see the module docstring).
 
-    ``mentions`` needs ``source_image`` (relative to ``dataset``), ``qid``, ``box`` (or None),
-    ``auto_box`` (the prompt VPWiki drew), ``split``; ``scene_objects`` maps a source image to
-    its objects (``qid``, ``box`` in that image's pixels). Mentions whose scene is unknown or
-    has no other object are left out (``n`` counts the rest). ``*_two`` restricts to scenes of
-    exactly two objects.
+    ``mentions`` needs ``source_image``, ``qid``, ``box`` (or None), ``auto_box``, ``split``;
+    ``sources`` are the mentions' images without the prompt and ``top_prompted`` CLIP
+    zero-shot's top-1 KB row for their VPWiki (prompted) images, both row-aligned with
+    ``mentions``; ``scene_objects`` maps a source image to its objects (``qid``, ``box`` in
+    that image's pixels). Mentions whose scene is unknown or has no other object are left
+    out (``n`` counts the rest). ``*_two`` restricts to scenes of exactly two objects.
     """
     rows = [  # the gold object's place: its reference box, else the box VPWiki drew
         (i, other_object(m.qid, m.auto_box if m.box is None else m.box,
@@ -157,17 +159,13 @@ def box_following(
     out: dict[str, dict[str, float | int]] = {}
     if not rows:
         return out
-    picked = mentions.iloc[[i for i, _ in rows]].reset_index(drop=True)
-    sources = load_images(dataset, list(picked["source_image"]))
-    prompted = [draw_prompt(im, box, style) for im, box in zip(sources, picked["auto_box"],
-                                                                strict=True)]  # fmt: skip
-    moved = [draw_prompt(im, obj["box"], style) for im, (_, obj) in zip(sources, rows,
-                                                                        strict=True)]  # fmt: skip
-    top_prompted = clip_zero_shot_scores(encoder, prompted, entity_images, entity_names).argmax(1)
+    index = [i for i, _ in rows]
+    picked = mentions.iloc[index].reset_index(drop=True)
+    moved = [draw_prompt(sources[i], obj["box"], style) for i, obj in rows]
     top_moved = clip_zero_shot_scores(encoder, moved, entity_images, entity_names).argmax(1)
     other_rows = torch.tensor([kb_row[obj["qid"]] for _, obj in rows])
     two = torch.tensor([len(scene_objects[src]) == 2 for src in picked["source_image"]])
-    changes, follows = top_moved != top_prompted, top_moved == other_rows
+    changes, follows = top_moved != top_prompted[index], top_moved == other_rows
     for split in pd.unique(picked["split"]):
         mask = torch.tensor((picked["split"] == split).to_numpy())
         out[str(split)] = {

@@ -24,13 +24,14 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from vpmel.atomic import atomic_file
 from vpmel.images import ImageProblem, LoadedImage, load_image
 from vpmel.prompts import PromptStyle, draw_prompt
 
@@ -89,18 +90,9 @@ def open_region(image_path: Path, box: list[float], max_side: int = MAX_SIDE) ->
     return loaded
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """What :func:`check_model_files` read from ``iier.json``."""
-
-    extra: dict[str, Any]  # how the checkpoint's inputs were built (InputConfig fields)
-    use_answers: bool  # it reads Detective-VLM answers
-
-
-def check_model_files(
-    model_dir: Path, dataset: Path, detective_dir: Path | None = None
-) -> Checkpoint:
-    """Check that the files :class:`Linker` reads are there, without loading anything.
+def check_model_files(model_dir: Path, dataset: Path, detective_dir: Path | None = None) -> bool:
+    """Check that the files :class:`Linker` reads are there, without loading anything;
+    returns whether the checkpoint reads Detective-VLM answers.
 
     ``detective_dir`` None: Detective-VLM is not used (``--no-vlm``)."""
     model_dir, dataset = Path(model_dir), Path(dataset)
@@ -127,7 +119,7 @@ def check_model_files(
                 f"{detective_dir}: the checkpoint reads Detective-VLM answers but there is "
                 "no tuned Detective-VLM (run `dvc repro answers`, or pass --no-vlm)"
             )
-    return Checkpoint(extra, use_answers)
+    return use_answers
 
 
 def check_output_file(path: Path, what: str) -> None:
@@ -324,7 +316,7 @@ class Linker:
 
         started = time.perf_counter()
         model_dir, dataset = Path(model_dir), Path(dataset)
-        checkpoint = check_model_files(model_dir, dataset, detective_dir)
+        use_answers = check_model_files(model_dir, dataset, detective_dir)
         self.warnings: list[str] = []  # problems that did not stop it (e.g. an unwritable cache)
         self.model, extra = IIER.load(model_dir)
         self.inputs = InputConfig(**extra.get("inputs", {}))
@@ -334,7 +326,7 @@ class Linker:
         enc = self.model.encoder
         self.store = self._kb_index(model_dir, dataset, Path(cache_dir))
         self.detective = None
-        if checkpoint.use_answers and detective_dir is not None:
+        if use_answers and detective_dir is not None:
             from vpmel.detective import load_detective
 
             model, processor, meta = load_detective(Path(detective_dir))
@@ -365,7 +357,7 @@ class Linker:
                 side.texts.width,
             )  # fmt: skip
         try:
-            _write_atomically(path, lambda tmp: save_file(
+            atomic_file(path, lambda tmp: save_file(
                 {k: v.contiguous() for k, v in vars(store).items()}, tmp))  # fmt: skip
         except OSError as problem:
             self.warnings.append(f"the KB index is not cached ({problem})")
@@ -468,31 +460,3 @@ class Linker:
                 LinkResult(entities, item.answer, item.m_w, item.seconds + share, item.prompted)
             )
         return results
-
-
-def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """``write(tmp)`` a file in ``path``'s folder, then move it to ``path`` in one step; the
-    file gets the mode a new file gets under the umask (0666 & ~umask), not 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    try:  # Linux says it without changing it
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere reading the umask means setting it: put it back
-    os.umask(mask)
-    return mask
