@@ -4,13 +4,13 @@ CLIP zero-shot (prompted mention image vs entity image and name, with `models/en
 a text-only bi-encoder (mention text with the Detective-VLM answer vs entity name and
 attributes, pretrained MiniLM). Writes `reports/baselines.json`: H@k, MRR, MR per split and
 per split subset (`test_named`: the caption names the gold entity, `test_unnamed`: it does
-not; vpmel.subsets).
+not; vpmel.subsets), `data/baselines/ranks.parquet` (each mention's gold rank under each
+baseline: the report's paired comparisons) and `reports/timings/baselines.json`.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +21,7 @@ from vpmel.baselines import (
     box_following,
     clip_zero_shot_scores,
     entity_texts,
-    evaluate_scores,
+    gold_ranks,
     load_images,
     mention_texts,
     text_embeddings,
@@ -33,7 +33,8 @@ from vpmel.iier_data import entity_image_paths, gold_rows, kb_rows, read_answers
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb
-from vpmel.subsets import SUBSETS, named_mentions, subset_key
+from vpmel.subsets import SUBSETS, named_mentions, split_metrics, subset_key
+from vpmel.timings import stage_timer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -45,7 +46,24 @@ def main(
     answers: Path = typer.Option(Path("data/answers/answers.parquet")),
     encoder_dir: Path = typer.Option(Path("models/encoder")),
     reports: Path = typer.Option(Path("reports")),
+    out: Path = typer.Option(Path("data/baselines"), help="where ranks.parquet goes"),
+    timings: Path = typer.Option(
+        None, help="folder of the wall-time record (default: <reports>/timings)"
+    ),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
+) -> None:
+    with stage_timer("baselines", timings or reports / "timings"):
+        run(vpwiki, dataset, answers, encoder_dir, reports, out, params_file)
+
+
+def run(
+    vpwiki: Path,
+    dataset: Path,
+    answers: Path,
+    encoder_dir: Path,
+    reports: Path,
+    out: Path,
+    params_file: Path,
 ) -> None:
     with clear_errors("baselines"):
         splits = tuple(load_params("evaluate", params_file)["splits"])
@@ -71,29 +89,26 @@ def main(
         answer_map = read_answers(answers)
     gold_kb_rows, split_of = gold.numpy(), mentions["split"].to_numpy()
     named = named_mentions(mentions, kb)
-    started = time.perf_counter()
     m_images = load_images(vpwiki, list(mentions["prompted_image"]))
     e_images = load_images(dataset, entity_image_paths(kb))
     e_texts = text_embeddings(encoder, entity_texts(kb))
     unprompted = load_images(dataset, list(mentions["source_image"]))
     prompted_scores = clip_zero_shot_scores(encoder, m_images, e_images, list(kb["name"]))
-    results = {
-        "clip_zero_shot": evaluate_scores(
-            prompted_scores, gold_kb_rows, split_of, splits, named
+    ranks = {
+        "clip_zero_shot": gold_ranks(prompted_scores, gold_kb_rows),
+        "clip_zero_shot_unprompted": gold_ranks(
+            clip_zero_shot_scores(encoder, unprompted, e_images, list(kb["name"])), gold_kb_rows
         ),
-        "clip_zero_shot_unprompted": evaluate_scores(
-            clip_zero_shot_scores(encoder, unprompted, e_images, list(kb["name"])),
-            gold_kb_rows, split_of, splits, named,
+        "text_only": gold_ranks(
+            text_only_scores(encoder, mention_texts(mentions, answer_map), e_texts), gold_kb_rows
         ),
-        "text_only": evaluate_scores(
-            text_only_scores(encoder, mention_texts(mentions, answer_map), e_texts),
-            gold_kb_rows, split_of, splits, named,
+        "text_only_no_vlm": gold_ranks(
+            text_only_scores(encoder, mention_texts(mentions, None), e_texts), gold_kb_rows
         ),
-        "text_only_no_vlm": evaluate_scores(
-            text_only_scores(encoder, mention_texts(mentions, None), e_texts),
-            gold_kb_rows, split_of, splits, named,
-        ),
-    }  # fmt: skip
+    }
+    results: dict[str, dict] = {
+        name: split_metrics(r, split_of, splits, named) for name, r in ranks.items()
+    }
     if objects_file:
         following = box_following(
             encoder, mentions, unprompted, prompted_scores.argmax(1),
@@ -109,8 +124,15 @@ def main(
             )
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "baselines.json").write_text(json.dumps(results, indent=1) + "\n")
-    timing = {"seconds": round(time.perf_counter() - started, 1)}
-    (reports / "baselines_timing.json").write_text(json.dumps(timing) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(
+        [
+            {"id": i, "split": sp, "baseline": name, "rank": int(r)}
+            for name, rs in ranks.items()
+            for i, sp, r in zip(mentions["id"], split_of, rs, strict=True)
+        ]
+    )
+    table.to_parquet(out / "ranks.parquet", index=False)
     for name in ("clip_zero_shot", "clip_zero_shot_unprompted", "text_only", "text_only_no_vlm"):
         split = "test" if "test" in splits else splits[0]
         keys = (split, *(subset_key(split, subset) for subset in SUBSETS))

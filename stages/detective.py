@@ -5,7 +5,8 @@ Builds one instruction per train mention with the paper's template (§5.2) and w
 tiny LLaVA built from config, vision tower from `models/encoder`, tokenizer from the
 world's vocabulary) or any image-text-to-text checkpoint (full or LoRA) — and writes it to
 `models/detective/` (see `vpmel.detective`). Tuning statistics go to
-`reports/detective_tuning.json`. Multi-GPU: `accelerate launch -m stages.detective`.
+`reports/detective_tuning.json`, its wall times to `reports/timings/detective.json`.
+Multi-GPU: `accelerate launch -m stages.detective`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
 from stages.console import clear_errors, console
 from vpmel.answers import OOF_FILE, model_answer_fn, parsed_rows
@@ -40,6 +42,7 @@ from vpmel.detective import (
 from vpmel.detective_training import TuneConfig, tune
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.schema import ENTITY_TYPES, read_kb
+from vpmel.timings import stage_timer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -60,99 +63,104 @@ def main(
     reports: Path = typer.Option(Path("reports")),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
 ) -> None:
-    with clear_errors("detective"):
-        p = load_params("detective", params_file)
-        if p.get("threads"):
-            torch.set_num_threads(int(p["threads"]))
-        prompt_format = p.get("prompt_format", "plain")
-        if prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"detective.prompt_format must be one of {PROMPT_FORMATS}")
-        cfg = TuneConfig.from_params(
-            {"mode": p["mode"], "seed": p["seed"], **p["train"], "lora": p.get("lora")}
-        )
-        accelerator = Accelerator(
-            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision
-        )
-        main_process = accelerator.is_main_process
-        mentions = pd.read_parquet(vpwiki / "mentions.parquet")
-        train, bad_train = usable(mentions[mentions["split"] == "train"])
-        dev, _ = usable(mentions[mentions["split"] == "dev"])
-        if train.empty:
-            raise ValueError(f"{vpwiki}: no usable train mentions")
-        cross = dict(p.get("cross_fit") or {})
-        folds = int(cross.get("folds", 0) or 0)
-        if p["model"] == DEMO:
-            kb = read_kb(dataset)
-            tokenizer = build_demo_tokenizer(demo_corpus(kb["name"], train["sentence"]))
-            encoder = encoder_dir if (encoder_dir / "vision").is_dir() else None
-            if encoder is None:
-                console.print(f"detective: no encoder at {encoder_dir}; fresh vision tower")
-            base, dtype = "base", "float32"
-        else:
-            base, dtype = str(p["model"]), str(p.get("dtype", "auto"))
-
-        def fresh() -> tuple[Any, Any]:
-            """The untuned model (the same for the final and each cross-fitting fold)."""
-            torch.manual_seed(int(p["seed"]))
+    # one record per run, written by the main process (every rank runs this under accelerate)
+    main_rank = PartialState().is_main_process
+    timer = stage_timer("detective", reports / "timings") if main_rank else nullcontext({})
+    with timer as timing:
+        with clear_errors("detective"):
+            p = load_params("detective", params_file)
+            if p.get("threads"):
+                torch.set_num_threads(int(p["threads"]))
+            prompt_format = p.get("prompt_format", "plain")
+            if prompt_format not in PROMPT_FORMATS:
+                raise ValueError(f"detective.prompt_format must be one of {PROMPT_FORMATS}")
+            cfg = TuneConfig.from_params(
+                {"mode": p["mode"], "seed": p["seed"], **p["train"], "lora": p.get("lora")}
+            )
+            accelerator = Accelerator(
+                gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision
+            )
+            main_process = accelerator.is_main_process
+            mentions = pd.read_parquet(vpwiki / "mentions.parquet")
+            train, bad_train = usable(mentions[mentions["split"] == "train"])
+            dev, _ = usable(mentions[mentions["split"] == "dev"])
+            if train.empty:
+                raise ValueError(f"{vpwiki}: no usable train mentions")
+            cross = dict(p.get("cross_fit") or {})
+            folds = int(cross.get("folds", 0) or 0)
             if p["model"] == DEMO:
-                return build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder)
-            return load_pretrained(p["model"], bool(p.get("trust_remote_code", False)), dtype)
+                kb = read_kb(dataset)
+                tokenizer = build_demo_tokenizer(demo_corpus(kb["name"], train["sentence"]))
+                encoder = encoder_dir if (encoder_dir / "vision").is_dir() else None
+                if encoder is None:
+                    console.print(f"detective: no encoder at {encoder_dir}; fresh vision tower")
+                base, dtype = "base", "float32"
+            else:
+                base, dtype = str(p["model"]), str(p.get("dtype", "auto"))
 
-        model, processor = fresh()
-    console.print(
-        f"detective: {len(train)} train instructions ({bad_train} without name/type dropped), "
-        f"{len(dev)} dev; model {p['model']} ({cfg.mode})"
-    )
-    records = instruction_records(train, processor, prompt_format, vpwiki)
-    dev_records = instruction_records(dev, processor, prompt_format, vpwiki)
-    if main_process:
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        if base == "base":
-            model.save_pretrained(out / "base")
-            processor.save_pretrained(out / "base")
-        instructions.parent.mkdir(parents=True, exist_ok=True)
-        with instructions.open("w") as handle:
-            for rec in records:
-                handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tuned, result = tune(model, processor, records, cfg, dev_records, accelerator)
-    if main_process:
-        meta = DetectiveMeta(
-            base=base,
-            mode=cfg.mode,
-            prompt_format=prompt_format,
-            trust_remote_code=bool(p.get("trust_remote_code", False)),
-            dtype=dtype,
+            def fresh() -> tuple[Any, Any]:
+                """The untuned model (the same for the final and each cross-fitting fold)."""
+                torch.manual_seed(int(p["seed"]))
+                if p["model"] == DEMO:
+                    return build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder)
+                return load_pretrained(p["model"], bool(p.get("trust_remote_code", False)), dtype)
+
+            model, processor = fresh()
+        console.print(
+            f"detective: {len(train)} train instructions ({bad_train} without name/type dropped), "
+            f"{len(dev)} dev; model {p['model']} ({cfg.mode})"
         )
-        save_detective(out, tuned, processor, meta)
-        reports.mkdir(parents=True, exist_ok=True)
-        stats = {
-            "model": str(p["model"]),
-            "mode": cfg.mode,
-            "train_instructions": len(records),
-            "dev_instructions": len(dev_records),
-            "dropped": bad_train,
-            "steps": result.steps,
-            "epochs": result.epochs,
-            "seconds": result.seconds,
-            "trainable_params": result.trainable_params,
-            "train_loss": result.train_loss,
-            "dev_loss": result.dev_loss,
-        }
-        (reports / "detective_tuning.json").write_text(json.dumps(stats, indent=1) + "\n")
-        console.print(f"detective: tuned in {result.seconds:.0f} s, dev loss {result.dev_loss}")
-        console.print(f"detective: wrote {instructions} and {out}")
-    oof_file = instructions.parent / OOF_FILE
-    if main_process:  # empty unless cross-fitting: `answers` then says what is missing
-        parsed_rows([], []).to_parquet(oof_file, index=False)
-    if folds > 1:
-        oof, seconds = cross_fit(train, records, folds, int(p["seed"]), fresh, cfg, vpwiki,
-                                 prompt_format, cross, accelerator)  # fmt: skip
+        records = instruction_records(train, processor, prompt_format, vpwiki)
+        dev_records = instruction_records(dev, processor, prompt_format, vpwiki)
         if main_process:
-            oof.to_parquet(oof_file, index=False)
-            console.print(f"detective: out-of-fold answers for {len(oof)} train mentions "
-                          f"({folds} folds, {seconds:.0f} s) -> {oof_file}")  # fmt: skip
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            if base == "base":
+                model.save_pretrained(out / "base")
+                processor.save_pretrained(out / "base")
+            instructions.parent.mkdir(parents=True, exist_ok=True)
+            with instructions.open("w") as handle:
+                for rec in records:
+                    handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        tuned, result = tune(model, processor, records, cfg, dev_records, accelerator)
+        if main_process:
+            meta = DetectiveMeta(
+                base=base,
+                mode=cfg.mode,
+                prompt_format=prompt_format,
+                trust_remote_code=bool(p.get("trust_remote_code", False)),
+                dtype=dtype,
+            )
+            save_detective(out, tuned, processor, meta)
+            reports.mkdir(parents=True, exist_ok=True)
+            stats = {
+                "model": str(p["model"]),
+                "mode": cfg.mode,
+                "train_instructions": len(records),
+                "dev_instructions": len(dev_records),
+                "dropped": bad_train,
+                "steps": result.steps,
+                "epochs": result.epochs,
+                "trainable_params": result.trainable_params,
+                "train_loss": result.train_loss,
+                "dev_loss": result.dev_loss,
+            }
+            (reports / "detective_tuning.json").write_text(json.dumps(stats, indent=1) + "\n")
+            timing["tune_s"] = result.seconds
+            console.print(f"detective: tuned in {result.seconds:.0f} s, dev loss {result.dev_loss}")
+            console.print(f"detective: wrote {instructions} and {out}")
+        oof_file = instructions.parent / OOF_FILE
+        if main_process:  # empty unless cross-fitting: `answers` then says what is missing
+            parsed_rows([], []).to_parquet(oof_file, index=False)
+        if folds > 1:
+            oof, seconds = cross_fit(train, records, folds, int(p["seed"]), fresh, cfg, vpwiki,
+                                     prompt_format, cross, accelerator)  # fmt: skip
+            if main_process:
+                oof.to_parquet(oof_file, index=False)
+                timing["cross_fit_s"] = round(seconds, 1)
+                console.print(f"detective: out-of-fold answers for {len(oof)} train mentions "
+                              f"({folds} folds, {seconds:.0f} s) -> {oof_file}")  # fmt: skip
 
 
 def fold_of(pair_ids: pd.Series, folds: int, seed: int) -> np.ndarray:

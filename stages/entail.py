@@ -18,6 +18,7 @@ from stages.console import clear_errors, console
 from vpmel.annotate import build_backend, requests_for
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.schema import read_mentions
+from vpmel.timings import stage_timer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -30,33 +31,34 @@ def main(
     reports: Path = typer.Option(Path("reports")),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
 ) -> None:
-    with clear_errors("entail"):
-        params = load_params(None, params_file)
-        annotate, threshold = params["annotate"], float(params["entail"]["threshold"])
-        mentions = read_mentions(dataset)
-        backend = build_backend(annotate, params["encoders"], encoder_dir)
-    console.print(f"entail: {len(mentions)} mentions, backend {annotate['backend']}")
-    requests = requests_for(mentions, dataset, annotate["hypothesis"])
-    probability = backend.entail(requests, track=track)
-    table = pd.DataFrame(
-        {"id": mentions["id"], "probability": probability, "entailed": probability >= threshold}
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out / "entailment.parquet", index=False)
-    counts = {
-        "in": len(table),
-        "entailed": int(table["entailed"].sum()),
-        "dropped": int((~table["entailed"]).sum()),
-        # requests the backend could not answer (counted as dropped, never guessed)
-        "errors": int(table["probability"].isna().sum()),
-        "threshold": threshold,
-    }
-    calibration = getattr(backend, "calibration", None)
-    if calibration is not None:
-        counts["calibration"] = {"a": round(calibration[0], 4), "b": round(calibration[1], 4)}
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "entail.json").write_text(json.dumps(counts, indent=1) + "\n")
-    console.print(f"entail: kept {counts['entailed']}, dropped {counts['dropped']} -> {out}")
+    with stage_timer("entail", reports / "timings"):
+        with clear_errors("entail"):
+            params = load_params(None, params_file)
+            annotate, threshold = params["annotate"], float(params["entail"]["threshold"])
+            mentions = read_mentions(dataset)
+            backend = build_backend(annotate, params["encoders"], encoder_dir)
+        console.print(f"entail: {len(mentions)} mentions, backend {annotate['backend']}")
+        requests = requests_for(mentions, dataset, annotate["hypothesis"])
+        probability = backend.entail(requests, track=track)
+        table = pd.DataFrame(
+            {"id": mentions["id"], "probability": probability, "entailed": probability >= threshold}
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(out / "entailment.parquet", index=False)
+        counts = {
+            "in": len(table),
+            "entailed": int(table["entailed"].sum()),
+            "dropped": int((~table["entailed"]).sum()),
+            # requests the backend could not answer (counted as dropped, never guessed)
+            "errors": int(table["probability"].isna().sum()),
+            "threshold": threshold,
+        }
+        calibration = getattr(backend, "calibration", None)
+        if calibration is not None:
+            counts["calibration"] = {"a": round(calibration[0], 4), "b": round(calibration[1], 4)}
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "entail.json").write_text(json.dumps(counts, indent=1) + "\n")
+        console.print(f"entail: kept {counts['entailed']}, dropped {counts['dropped']} -> {out}")
 
 
 if __name__ == "__main__":

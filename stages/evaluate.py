@@ -1,20 +1,24 @@
 """DVC stage `evaluate`: rank every dev and test mention against the **entire** KB.
 
-Uses the best checkpoint of `train` (`models/iier/`) with the same input settings it was
-trained with (answers on/off, prompted or source image, max length; stored in the
-checkpoint). The entity side of the KB is encoded once; scoring is exact and chunked
+Uses the best checkpoint of each seed of `train` (`models/iier/seed_<s>/`) with the same
+input settings it was trained with (answers on/off, prompted or source image, max length;
+stored in the checkpoint); frozen-tower outputs come from the `features` stage's store.
+The entity side of the KB is encoded once per seed; scoring is exact and chunked
 (:mod:`vpmel.retrieval`); ties count pessimistically (rank = number of entities scoring at
 least as high as the gold one). Writes:
 
-- `reports/metrics.json` — `{dev: {H@1, H@3, H@5, H@10, H@20, MRR, MR, n}, test: {...},
-  dev_named: {...}, dev_unnamed: {...}, test_named: {...}, test_unnamed: {...}}` (H@k and
-  MRR in percent), the DVC metrics; `<split>_named` / `<split>_unnamed` are the mentions
+- `reports/metrics.json` — `{dev: {H@1, H@3, H@5, H@10, H@20, MRR, MR, n, seeds}, test:
+  {...}, dev_named: {...}, dev_unnamed: {...}, test_named: {...}, test_unnamed: {...},
+  dev_sd: {...}, test_sd: {...}}` (H@k and MRR in percent; the mean over the seeds, and
+  `<split>_sd` their sample sd), the DVC metrics; dev picked each seed's epoch, so it is
+  the selection metric and optimistic; `<split>_named` / `<split>_unnamed` are the mentions
   whose gold entity the caption does / does not name (:func:`vpmel.subsets.is_named`,
   the paper's Table 3 point);
-- `data/eval/top20.parquet` — per mention: id, split, qid (gold), named (the subset), rank,
-  gold_score, top_qids and top_scores (the 20 best entities, best first);
-- `reports/evaluate.json` — sizes, timing (mention-entity pairs scored per second) and
-  data problems (mentions whose gold QID is not in the KB, images that could not be read).
+- `data/eval/top20.parquet` — per seed and mention: id, seed, split, qid (gold), named (the
+  subset), rank, gold_score, top_qids and top_scores (the 20 best entities, best first);
+- `reports/evaluate.json` — sizes and data problems (mentions whose gold QID is not in
+  the KB, images that could not be read); wall times and pairs scored per second go to
+  `reports/timings/evaluate.json`.
 
 Runs in one process, or sharded over N with `accelerate launch` (the KB is split between
 the processes; every process ranks every mention).
@@ -34,13 +38,16 @@ from accelerate import Accelerator
 from rich.progress import track
 
 from stages.console import clear_errors, console
-from vpmel.iier import IIER
+from vpmel.features import FeatureStore, encoder_id
+from vpmel.iier import ENCODER_DIR, IIER, seed_checkpoints
 from vpmel.iier_data import IIERInputs, InputConfig, load_inputs, read_answers
 from vpmel.metrics import ranking_metrics
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.retrieval import RankConfig, kb_ranker, rank_rows
 from vpmel.schema import read_kb
+from vpmel.stats import seed_summary
 from vpmel.subsets import named_mentions, subset_metrics
+from vpmel.timings import stage_timer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -81,30 +88,71 @@ def evaluate(
     answers: Path,
     cfg: EvalConfig,
     accelerator: Accelerator | None = None,
+    features: Path | None = None,
+    timing: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, float | None]], pd.DataFrame, dict[str, Any]]:
-    """(metrics per split, top-k table, run report) for a saved IIER checkpoint."""
+    """(metrics per split, top-k table, run report) for the checkpoints of a `train` output:
+    every seed (``seed_<s>/``) is ranked; metrics are the mean over seeds (``<split>_sd``:
+    their sd), the table holds every seed's rows (column ``seed``)."""
     accelerator = accelerator or Accelerator(cpu=cfg.device == "cpu")
-    model, extra = IIER.load(model_dir)
-    model.to(accelerator.device)
-    inputs = InputConfig(**extra.get("inputs", {}))
-    data = _load(vpwiki, dataset, answers, model, inputs)
+    timing = {} if timing is None else timing
     main = accelerator.is_main_process
     collective = accelerator if accelerator.num_processes > 1 else None
-    started = time.perf_counter()
-    ranker = kb_ranker(
-        model,
-        data.entities,
-        cfg.rank(),
-        collective,
-        track=lambda it: track(it, description="KB", disable=not main),
-    )
-    encoded = time.perf_counter()
+    per_seed: dict[int, dict[str, dict[str, float | None]]] = {}
+    tables, data, inputs, scored = [], None, None, 0
+    for seed, folder in seed_checkpoints(model_dir):
+        seed = 0 if seed is None else seed
+        model, extra = IIER.load(folder)
+        model.to(accelerator.device)
+        if data is None:  # the inputs (and frozen-tower outputs) serve every seed
+            inputs = InputConfig(**extra.get("inputs", {}))
+            data = _load(vpwiki, dataset, answers, model, inputs)
+            if model.text_frozen or model.vision_frozen:
+                store = FeatureStore.load(features, encoder_id(folder / ENCODER_DIR))
+                data.cache_frozen(model, cfg.entity_batch, store)
+        started = time.perf_counter()
+        ranker = kb_ranker(
+            model,
+            data.entities,
+            cfg.rank(),
+            collective,
+            track=lambda it, s=seed: track(it, description=f"KB (seed {s})", disable=not main),
+        )
+        encoded = time.perf_counter()
+        metrics, table = _rank_splits(ranker, data, cfg, main)
+        done = time.perf_counter()
+        scored += sum(len(data.rows(s)) for s in cfg.splits) * len(data.kb_table)
+        timing[f"seed_{seed}_kb_encode_s"] = round(encoded - started, 2)
+        timing[f"seed_{seed}_rank_s"] = round(done - encoded, 2)
+        table.insert(1, "seed", seed)
+        tables.append(table)
+        per_seed[seed] = metrics
+    rank_s = sum(v for k, v in timing.items() if k.endswith("_rank_s"))
+    timing["pairs_scored"] = scored
+    timing["pairs_per_s"] = round(scored / max(rank_s, 1e-9))
+    report = {
+        "entities": len(data.kb_table),
+        "seeds": list(per_seed),
+        "processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "inputs": dataclasses.asdict(inputs),
+        "mentions_with_answer": data.answered,
+        "gold_not_in_kb": data.no_gold,
+        "image_problems": data.image_problems(),
+        "ties": "pessimistic: rank = #entities with score >= gold score",
+    }
+    return seed_mean(per_seed, cfg.splits), pd.concat(tables, ignore_index=True), report
+
+
+def _rank_splits(
+    ranker, data: IIERInputs, cfg: EvalConfig, main: bool
+) -> tuple[dict[str, dict[str, float | None]], pd.DataFrame]:
+    """Metrics per split and subset, and the top-k table, of one model."""
     metrics: dict[str, dict[str, float | None]] = {}
     tables = []
     qids = data.kb_table["qid"].to_numpy()
     named = named_mentions(data.mentions_table, data.kb_table)
     subsets: dict[str, dict[str, float | None]] = {}
-    scored = 0
     for split in cfg.splits:
         rows = data.rows(split)
         ranking = rank_rows(
@@ -117,7 +165,6 @@ def evaluate(
         )
         metrics[split] = ranking_metrics(ranking.ranks)
         subsets.update(subset_metrics(ranking.ranks, named[rows], split))
-        scored += len(rows) * len(qids)
         table = data.mentions_table.iloc[rows][["id", "qid"]].reset_index(drop=True)
         table.insert(1, "split", split)
         table["named"] = named[rows]
@@ -127,22 +174,32 @@ def evaluate(
         table["top_scores"] = [list(map(float, s)) for s in ranking.top_scores]
         tables.append(table)
     metrics.update(subsets)  # after the splits: `dvc metrics show` lists dev, test first
-    done = time.perf_counter()
-    report = {
-        "entities": len(qids),
-        "processes": accelerator.num_processes,
-        "device": str(accelerator.device),
-        "inputs": dataclasses.asdict(inputs),
-        "kb_encode_s": round(encoded - started, 2),
-        "rank_s": round(done - encoded, 2),
-        "pairs_scored": scored,
-        "pairs_per_s": round(scored / max(done - encoded, 1e-9)),
-        "mentions_with_answer": data.answered,
-        "gold_not_in_kb": data.no_gold,
-        "image_problems": data.image_problems(),
-        "ties": "pessimistic: rank = #entities with score >= gold score",
-    }
-    return metrics, pd.concat(tables, ignore_index=True), report
+    return metrics, pd.concat(tables, ignore_index=True)
+
+
+def seed_mean(
+    per_seed: dict[int, dict[str, dict[str, float | None]]], splits: tuple[str, ...]
+) -> dict[str, dict[str, float | None]]:
+    """Each metric's mean over seeds (``n`` as is, ``seeds``: how many), then
+    ``<split>_sd``: the sample sd over seeds of each main split's metrics."""
+    runs = list(per_seed.values())
+    out: dict[str, dict[str, float | None]] = {}
+    for key, first in runs[0].items():
+        out[key] = {}
+        for name, value in first.items():
+            values = [r[key][name] for r in runs]
+            if name == "n" or value is None or any(v is None for v in values):
+                out[key][name] = value
+            else:
+                out[key][name] = round(seed_summary(values)[0], 4)
+        out[key]["seeds"] = len(runs)
+    for split in splits:
+        out[f"{split}_sd"] = {
+            name: round(seed_summary([r[split][name] for r in runs])[1], 4)
+            for name in runs[0][split]
+            if name != "n"
+        }
+    return out
 
 
 def _load(
@@ -175,12 +232,24 @@ def main(
     answers: Path = typer.Option(Path("data/answers/answers.parquet")),
     out: Path = typer.Option(Path("data/eval"), help="where top20.parquet goes"),
     reports: Path = typer.Option(Path("reports")),
+    features: Path = typer.Option(
+        Path("data/features"), help="the features stage's store (frozen-tower outputs)"
+    ),
+    timings: Path = typer.Option(
+        None, help="folder of the wall-time record (default: <reports>/timings)"
+    ),
+    timing_name: str = typer.Option("evaluate", help="name of the wall-time record"),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
 ) -> None:
-    with clear_errors("evaluate"):
+    with (
+        clear_errors("evaluate"),
+        stage_timer(timing_name, timings or reports / "timings") as timing,
+    ):
         cfg = eval_config(load_params("evaluate", params_file))
         accelerator = Accelerator(cpu=cfg.device == "cpu")
-        metrics, table, report = evaluate(model_dir, vpwiki, dataset, answers, cfg, accelerator)
+        metrics, table, report = evaluate(
+            model_dir, vpwiki, dataset, answers, cfg, accelerator, features, timing
+        )
     if not accelerator.is_main_process:
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -189,12 +258,19 @@ def main(
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (reports / "evaluate.json").write_text(json.dumps(report, indent=1) + "\n")
     for split, m in metrics.items():
+        if split.endswith("_sd"):
+            continue
+        sd = metrics.get(f"{split}_sd") or {}
         console.print(
             f"evaluate: {split} "
-            + " ".join(f"{k} {v:.2f}" for k, v in m.items() if k != "n" and v is not None)
-            + f" (n={m['n']})"
+            + " ".join(
+                f"{k} {v:.2f}" + (f"±{sd[k]:.2f}" if k in sd else "")
+                for k, v in m.items()
+                if k not in ("n", "seeds") and v is not None
+            )
+            + f" (n={m['n']}, seeds={m['seeds']})"
         )
-    console.print(f"evaluate: {report['pairs_per_s']:,} pairs/s -> {reports / 'metrics.json'}")
+    console.print(f"evaluate: {timing['pairs_per_s']:,} pairs/s -> {reports / 'metrics.json'}")
 
 
 if __name__ == "__main__":

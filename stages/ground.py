@@ -20,6 +20,7 @@ from stages.console import clear_errors, console
 from vpmel.annotate import build_backend, grounding_quality, random_proposal_boxes, requests_for
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.schema import read_mentions
+from vpmel.timings import stage_timer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -33,48 +34,51 @@ def main(
     reports: Path = typer.Option(Path("reports")),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
 ) -> None:
-    with clear_errors("ground"):
-        params = load_params(None, params_file)
-        annotate, iou_min = params["annotate"], float(params["split"]["iou_min"])
-        mentions = read_mentions(dataset)
-        entailed = pd.read_parquet(entail_dir / "entailment.parquet")
-        backend = build_backend(annotate, params["encoders"], encoder_dir)
-    keep = set(entailed.loc[entailed["entailed"], "id"])
-    todo = mentions[mentions["id"].isin(keep)].reset_index(drop=True)
-    console.print(f"ground: {len(todo)} entailed mentions, backend {annotate['backend']}")
-    boxes, scores = backend.ground(requests_for(todo, dataset, annotate["hypothesis"]), track=track)
-    failed = (
-        ~np.isfinite(boxes).all(axis=1)
-        | (boxes[:, 2] <= boxes[:, 0])
-        | (boxes[:, 3] <= boxes[:, 1])
-    )
-    table = pd.DataFrame(
-        {
-            "id": todo["id"],
-            "auto_box": [
-                None if f else [float(v) for v in b] for b, f in zip(boxes, failed, strict=True)
-            ],
-            "ground_score": scores,
-        }
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out / "grounding.parquet", index=False)
+    with stage_timer("ground", reports / "timings"):
+        with clear_errors("ground"):
+            params = load_params(None, params_file)
+            annotate, iou_min = params["annotate"], float(params["split"]["iou_min"])
+            mentions = read_mentions(dataset)
+            entailed = pd.read_parquet(entail_dir / "entailment.parquet")
+            backend = build_backend(annotate, params["encoders"], encoder_dir)
+        keep = set(entailed.loc[entailed["entailed"], "id"])
+        todo = mentions[mentions["id"].isin(keep)].reset_index(drop=True)
+        console.print(f"ground: {len(todo)} entailed mentions, backend {annotate['backend']}")
+        boxes, scores = backend.ground(
+            requests_for(todo, dataset, annotate["hypothesis"]), track=track
+        )
+        failed = (
+            ~np.isfinite(boxes).all(axis=1)
+            | (boxes[:, 2] <= boxes[:, 0])
+            | (boxes[:, 3] <= boxes[:, 1])
+        )
+        table = pd.DataFrame(
+            {
+                "id": todo["id"],
+                "auto_box": [
+                    None if f else [float(v) for v in b] for b, f in zip(boxes, failed, strict=True)
+                ],
+                "ground_score": scores,
+            }
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(out / "grounding.parquet", index=False)
 
-    sizes = list(zip(todo["image_width"], todo["image_height"], strict=True))
-    window_sizes = tuple((annotate.get("clip") or {}).get("sizes", (0.3, 0.4, 0.5, 0.6, 0.7)))
-    baseline = random_proposal_boxes(sizes, window_sizes, seed=annotate["seed"])
-    reference = [None if b is None else list(b) for b in todo["box"]]
-    quality = {
-        "backend": annotate["backend"],
-        "n_grounded": int((~failed).sum()),
-        "n_failed": int(failed.sum()),
-        "automatic": grounding_quality(np.where(failed[:, None], 0, boxes), reference, iou_min),
-        "random_proposal": grounding_quality(baseline, reference, iou_min),
-        "iou_min": iou_min,
-    }
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "grounding.json").write_text(json.dumps(quality, indent=1) + "\n")
-    console.print(f"ground: {json.dumps(quality)}")
+        sizes = list(zip(todo["image_width"], todo["image_height"], strict=True))
+        window_sizes = tuple((annotate.get("clip") or {}).get("sizes", (0.3, 0.4, 0.5, 0.6, 0.7)))
+        baseline = random_proposal_boxes(sizes, window_sizes, seed=annotate["seed"])
+        reference = [None if b is None else list(b) for b in todo["box"]]
+        quality = {
+            "backend": annotate["backend"],
+            "n_grounded": int((~failed).sum()),
+            "n_failed": int(failed.sum()),
+            "automatic": grounding_quality(np.where(failed[:, None], 0, boxes), reference, iou_min),
+            "random_proposal": grounding_quality(baseline, reference, iou_min),
+            "iou_min": iou_min,
+        }
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "grounding.json").write_text(json.dumps(quality, indent=1) + "\n")
+        console.print(f"ground: {json.dumps(quality)}")
 
 
 if __name__ == "__main__":

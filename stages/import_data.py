@@ -18,6 +18,7 @@ from stages.console import clear_errors, console
 from vpmel.atomic import overlapping, staged_folder
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.readers import import_settings, read_dataset, write_dataset
+from vpmel.timings import stage_timer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -28,32 +29,33 @@ def main(
     reports: Path = typer.Option(Path("reports"), help="where the data-quality report goes"),
     params_file: Path = typer.Option(PARAMS_FILE, "--params", help="params.yaml to read"),
 ) -> None:
-    with clear_errors("import"):
-        cfg = import_settings(load_params("import", params_file), str(params_file))
-        for name, folder in (("src", cfg.src), ("kb_dir", cfg.kb_dir)):
-            if folder is not None and overlapping(out, folder):
-                raise ValueError(
-                    f"--out {out} overlaps import.{name} {folder} (the same folder, or one "
-                    "inside the other): importing there would overwrite the source; "
-                    "choose another output folder (nothing was changed)"
+    with stage_timer("import", reports / "timings"):
+        with clear_errors("import"):
+            cfg = import_settings(load_params("import", params_file), str(params_file))
+            for name, folder in (("src", cfg.src), ("kb_dir", cfg.kb_dir)):
+                if folder is not None and overlapping(out, folder):
+                    raise ValueError(
+                        f"--out {out} overlaps import.{name} {folder} (the same folder, or one "
+                        "inside the other): importing there would overwrite the source; "
+                        "choose another output folder (nothing was changed)"
+                    )
+            kb_dir = cfg.kb_dir or cfg.src
+            console.print(f"import: reading {cfg.format} dataset from {cfg.src} (KB from {kb_dir})")
+            # built beside `out` and swapped in at the end: a failed import keeps the old output
+            with staged_folder(out) as tmp:
+                ds = read_dataset(
+                    cfg.format,
+                    cfg.src,
+                    tmp,
+                    mention_files=cfg.mention_files,
+                    kb_dir=cfg.kb_dir,
+                    max_side=cfg.max_side,
+                    source=cfg.source,
                 )
-        kb_dir = cfg.kb_dir or cfg.src
-        console.print(f"import: reading {cfg.format} dataset from {cfg.src} (KB from {kb_dir})")
-        # built beside `out` and swapped in at the end: a failed import keeps the old output
-        with staged_folder(out) as tmp:
-            ds = read_dataset(
-                cfg.format,
-                cfg.src,
-                tmp,
-                mention_files=cfg.mention_files,
-                kb_dir=cfg.kb_dir,
-                max_side=cfg.max_side,
-                source=cfg.source,
-            )
-            write_dataset(ds, tmp)
-    summary = ds.report.write(reports / "data_quality.json")
-    (reports / "import.json").write_text(json.dumps(_metrics(summary), indent=1) + "\n")
-    _show(summary, out, reports)
+                write_dataset(ds, tmp)
+        summary = ds.report.write(reports / "data_quality.json")
+        (reports / "import.json").write_text(json.dumps(_metrics(summary), indent=1) + "\n")
+        _show(summary, out, reports)
 
 
 def _metrics(summary: dict) -> dict:

@@ -20,12 +20,14 @@ from vpmel.iier_data import entity_image_paths
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.report import (
     case_studies,
+    comparison_table,
     markdown_table,
     metrics_table,
     pick_cases,
     plot_hits,
     plot_training,
     read_live,
+    seed_ranks,
     subset_table,
 )
 from vpmel.schema import read_kb
@@ -59,6 +61,45 @@ LOSSES = {
 }
 
 
+SEED_NOTE = (
+    "Trained models: mean ± sd over the `train.seeds`; zero-shot baselines are "
+    "deterministic. Whether a difference is real: see the comparison table further down."
+)
+SELECTION_NOTE = (
+    "**dev is the selection metric**: each seed's epoch was picked on it, so these figures "
+    "are optimistic by construction; report test."
+)
+COMPARISON_NOTE = (
+    "Each row against IIER on the same test mentions: H@1 and MRR as mean ± sd over seeds; "
+    "the difference to IIER (each mention's score averaged over seeds) with its paired "
+    "bootstrap 95% CI over mentions (2,000 resamples); McNemar's exact test on H@1 (a "
+    "mention counts as a hit by majority over seeds). A CI that contains 0 is **no "
+    "difference** at this test size, whatever the sign of Δ."
+)
+
+
+def _ranks(
+    top: pd.DataFrame, baselines_dir: Path, ablate_dir: Path, split: str
+) -> dict[str, pd.DataFrame]:
+    """Per-mention gold ranks [id × seed] of every method that has them: baselines
+    (data/baselines/ranks.parquet), ablations (data/ablate/<key>/top20.parquet), IIER."""
+    out: dict[str, pd.DataFrame] = {}
+    baseline_file = baselines_dir / "ranks.parquet"
+    if baseline_file.is_file():
+        table = pd.read_parquet(baseline_file)
+        for key, label in BASELINES.items():
+            sub = table[table["baseline"] == key]
+            if len(sub):
+                out[label] = seed_ranks(sub, split)
+    for variants in (ABLATIONS, LAYERS, LOSSES, COMBINATIONS):
+        for key, label in variants.items():
+            path = ablate_dir / key / "top20.parquet"
+            if path.is_file():
+                out[label] = seed_ranks(pd.read_parquet(path), split)
+    out["IIER"] = seed_ranks(top, split)
+    return out
+
+
 def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -69,6 +110,8 @@ def main(
     vpwiki: Path = typer.Option(Path("data/vpwiki")),
     dataset: Path = typer.Option(Path("data/dataset")),
     eval_dir: Path = typer.Option(Path("data/eval")),
+    ablate_dir: Path = typer.Option(Path("data/ablate"), help="the ablations' top-k tables"),
+    baselines_dir: Path = typer.Option(Path("data/baselines"), help="the baselines' ranks"),
     live: Path = typer.Option(Path("dvclive")),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
 ) -> None:
@@ -89,7 +132,13 @@ def main(
     grounding, entail = _json(reports / "grounding.json"), _json(reports / "entail.json")
     md += ["## VPWiki construction (Table 1, Appendix A.6)", ""]
     if counts:
-        md += [markdown_table(list(counts), [list(counts.values())]), ""]
+        auto = {k: v for k, v in counts.items() if not k.startswith("human_")}
+        md += [markdown_table(list(auto), [list(auto.values())]), ""]
+        human = {k.removeprefix("human_"): v for k, v in counts.items() if k.startswith("human_")}
+        if human:  # split.human: the Label Studio pass (paper §3), one row per decision in CSV
+            md += ["Human verification (Label Studio; every decision in "
+                   "`vpwiki_human_decisions.csv`):", "",
+                   markdown_table(list(human), [list(human.values())]), ""]  # fmt: skip
     if table1:
         stats = pd.DataFrame(table1)
         rows = [[idx, *(round(float(v), 2) for v in r)] for idx, r in stats.iterrows()]
@@ -123,8 +172,11 @@ def main(
     for split in ("test", "dev"):
         results = {label: (run or {}).get(split) for label, run in runs.items()}
         results["IIER (full)"] = metrics[split]
+        sds = {label: (run or {}).get(f"{split}_sd") for label, run in runs.items()}
+        sds["IIER (full)"] = metrics.get(f"{split}_sd")
         title = "Main results and ablations (Tables 2a and 6)"
-        md += [f"## {title}: {split}", "", metrics_table(results, split), ""]
+        note = SELECTION_NOTE if split == "dev" else SEED_NOTE
+        md += [f"## {title}: {split}", "", note, "", metrics_table(results, split, sds), ""]
         if split == "test":
             plot_hits({k: v for k, v in results.items() if v}, reports / "report_hits.png",
                       "test H@k (whole KB)")  # fmt: skip
@@ -153,7 +205,9 @@ def main(
         runs |= {prefix + label: run for label, run in variant_runs.items()}
         rows = {label: (run or {}).get("test") for label, run in variant_runs.items()}
         rows[full] = metrics["test"]
-        md += [f"## {title}", "", metrics_table(rows, "test"), ""]
+        sds = {label: (run or {}).get("test_sd") for label, run in variant_runs.items()}
+        sds[full] = metrics.get("test_sd")
+        md += [f"## {title}", "", metrics_table(rows, "test", sds), ""]
 
     runs["IIER (full)"] = metrics
     md += [
@@ -168,6 +222,11 @@ def main(
     for split in ("test", "dev"):
         md += [f"### {split}", "", subset_table(runs, split), ""]
 
+    ranks = _ranks(top, baselines_dir, ablate_dir, "test")
+    if ranks:
+        md += ["## Every comparison with its uncertainty: test", "", COMPARISON_NOTE, "",
+               comparison_table(ranks, "IIER"), ""]  # fmt: skip
+
     curves = read_live(live)
     if curves:
         plot_training(curves, reports / "report_training.png")
@@ -181,7 +240,9 @@ def main(
         return dataset / rel if rel else None
 
     cases = []
-    for row in pick_cases(top[top["split"] == "test"], 3, seed=0).itertuples(index=False):
+    first_seed = top[top["seed"] == top["seed"].min()] if "seed" in top.columns else top
+    test_top = first_seed[first_seed["split"] == "test"]
+    for row in pick_cases(test_top, 3, seed=0).itertuples(index=False):
         m = mentions.loc[row.id]
         cases.append({
             "mention_image": vpwiki / m["prompted_image"], "sentence": m["sentence"],

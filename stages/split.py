@@ -12,6 +12,11 @@ visual prompt (`prompt` params), splits 8:1:1 grouped by image–text pair and w
   paper's Table 1), `reports/vpwiki_types.json` and `.png` (Figure 3a),
   `reports/vpwiki_dropped.csv` (every dropped mention and the step that dropped it) and
   `reports/vpwiki_contact_sheet.png` (prompted images, automatic vs reference boxes).
+
+With `split.human` (the file `vpmel annotate import` writes from a Label Studio export; paper
+§3 and A.6) the annotators' decisions apply: pairs marked unrelated are dropped, the human box
+is the reference of the IoU filter, the human type replaces the KB's; every decision is listed
+in `reports/vpwiki_human_decisions.csv` and counted (`human_*`) in `vpwiki_counts.json`.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ from rich.progress import track
 
 from stages.console import clear_errors, console
 from vpmel.contact_sheet import Tile, draw_contact_sheet
+from vpmel.label_studio import human_counts, read_human
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb, read_mentions
 from vpmel.split import table1, type_distribution
-from vpmel.vpwiki import BuildConfig, select, write_prompted_images, write_released
+from vpmel.timings import stage_timer
+from vpmel.vpwiki import BuildConfig, select, select_human, write_prompted_images, write_released
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,37 +55,59 @@ def main(
     reports: Path = typer.Option(Path("reports")),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
 ) -> None:
-    with clear_errors("split"):
-        p, prompt = load_params("split", params_file), load_params("prompt", params_file)
-        cfg = BuildConfig(
-            iou_min=float(p["iou_min"]),
-            ratios=tuple(p["ratios"]),
-            seed=int(p["seed"]),
-            prompt_box=p["prompt_box"],
+    with stage_timer("split", reports / "timings"):
+        with clear_errors("split"):
+            p, prompt = load_params("split", params_file), load_params("prompt", params_file)
+            cfg = BuildConfig(
+                iou_min=float(p["iou_min"]),
+                ratios=tuple(p["ratios"]),
+                seed=int(p["seed"]),
+                prompt_box=p["prompt_box"],
+            )
+            style = PromptStyle(**prompt)
+            kb, mentions = read_kb(dataset), read_mentions(dataset)
+            entailment = pd.read_parquet(entail_dir / "entailment.parquet")
+            grounding = pd.read_parquet(ground_dir / "grounding.parquet")
+            human, decisions = p.get("human"), None
+            if human is None:
+                kept, counts, dropped = select(mentions, entailment, grounding, kb, cfg)
+            else:  # human verification in Label Studio (`vpmel annotate import`)
+                table, agreement = read_human(Path(human))
+                kept, counts, dropped, decisions = select_human(
+                    mentions, entailment, grounding, kb, cfg, table
+                )
+                counts |= human_counts(decisions, agreement)
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        kept["prompted_image"] = write_prompted_images(kept, dataset, out, style, cfg, track)
+        write_released(kept, out)
+        kept.rename(columns={"image": "source_image"}).to_parquet(
+            out / "mentions.parquet", index=False
         )
-        style = PromptStyle(**prompt)
-        kb, mentions = read_kb(dataset), read_mentions(dataset)
-        entailment = pd.read_parquet(entail_dir / "entailment.parquet")
-        grounding = pd.read_parquet(ground_dir / "grounding.parquet")
-        kept, counts, dropped = select(mentions, entailment, grounding, kb, cfg)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    kept["prompted_image"] = write_prompted_images(kept, dataset, out, style, cfg, track)
-    write_released(kept, out)
-    kept.rename(columns={"image": "source_image"}).to_parquet(out / "mentions.parquet", index=False)
 
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "vpwiki_counts.json").write_text(json.dumps(counts, indent=1) + "\n")
-    stats = table1(kept)
-    (reports / "vpwiki_table1.json").write_text(stats.to_json(indent=1) + "\n")
-    types = type_distribution(kept)
-    (reports / "vpwiki_types.json").write_text(json.dumps(types, indent=1) + "\n")
-    _type_plot(types, reports / "vpwiki_types.png")
-    dropped.to_csv(reports / "vpwiki_dropped.csv", index=False)
-    _contact_sheet(kept, out, reports / "vpwiki_contact_sheet.png", cfg.seed)
-    console.print(f"split: {json.dumps(counts)}")
-    console.print(stats.to_string())
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "vpwiki_counts.json").write_text(json.dumps(counts, indent=1) + "\n")
+        stats = table1(kept)
+        (reports / "vpwiki_table1.json").write_text(stats.to_json(indent=1) + "\n")
+        types = type_distribution(kept)
+        (reports / "vpwiki_types.json").write_text(json.dumps(types, indent=1) + "\n")
+        _type_plot(types, reports / "vpwiki_types.png")
+        dropped.to_csv(reports / "vpwiki_dropped.csv", index=False)
+        _human_decisions(decisions, reports / "vpwiki_human_decisions.csv")
+        _contact_sheet(kept, out, reports / "vpwiki_contact_sheet.png", cfg.seed)
+        console.print(f"split: {json.dumps(counts)}")
+        console.print(stats.to_string())
+
+
+def _human_decisions(decisions: pd.DataFrame | None, path: Path) -> None:
+    """Every human decision (split.human), or no file at all when there is none."""
+    if decisions is not None:
+        decisions.to_csv(path, index=False)
+        console.print(f"split: human decisions in {path}")
+    elif path.exists():  # from an earlier run with split.human set: no longer true
+        path.unlink()
+        console.print(f"split: removed {path} (split.human is null)")
 
 
 def _type_plot(types: dict[str, int], path: Path) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 import pandas as pd
 import torch
 import typer
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
@@ -50,6 +50,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from stages.console import clear_errors, console
 from vpmel.encoders import resolve_encoder
+from vpmel.features import FeatureStore, encoder_id
 from vpmel.iier import IIER, LOSS_TERMS, IIERConfig, iier_loss
 from vpmel.iier_data import (
     ContrastiveCollator,
@@ -64,11 +65,13 @@ from vpmel.metrics import ranking_metrics
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.retrieval import RankConfig, kb_ranker, rank_rows
 from vpmel.schema import read_kb
+from vpmel.timings import stage_timer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 STATE_FILE = "state.json"
+TIMING_KEYS = ("train_time_s", "frozen_tower_cache_s")  # per-seed wall times
 BEST_DIR = "best"
 
 
@@ -76,8 +79,10 @@ BEST_DIR = "best"
 class TrainConfig:
     """The ``train`` params after applying the profile (see params.yaml for the meaning)."""
 
-    seed: int = 0
+    seed: int = 0  # this run's seed (the stage runs one per entry of ``seeds``)
+    seeds: tuple[int, ...] = (0,)
     epochs: int = 8
+    eval_every: int = 1  # epochs between dev evaluations (the last epoch always has one)
     batch_size: int = 64
     lr: float = 3e-4
     encoder_lr: float = 5e-5
@@ -114,6 +119,12 @@ class TrainConfig:
             raise ValueError("train.device must be auto, cpu or cuda")
         if self.batch_size < 2 or self.grad_accumulation < 1 or self.epochs < 1:
             raise ValueError("train.batch_size >= 2, grad_accumulation >= 1, epochs >= 1")
+        if self.eval_every < 1:
+            raise ValueError("train.eval_every must be >= 1 (epochs between dev evaluations)")
+        seeds = tuple(int(x) for x in self.seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"train.seeds must be a non-empty list of distinct ints, got {seeds}")
+        object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "cls_layers", tuple(int(x) for x in self.cls_layers))
         object.__setattr__(self, "loss_terms", tuple(str(x) for x in self.loss_terms))
         if set(self.loss_terms) - set(LOSS_TERMS):
@@ -153,6 +164,7 @@ class Paths:
     state: Path = Path("models/iier_state")
     live: Path = Path("dvclive")
     reports: Path = Path("reports")
+    features: Path = Path("data/features")
 
 
 # ------------------------------------------------------------------------------ state
@@ -161,7 +173,9 @@ class Paths:
 def fingerprint(cfg: TrainConfig, lam: float, num_processes: int, files: list[Path]) -> str:
     """What must match for a saved state to be resumed."""
     h = hashlib.sha256()
-    h.update(json.dumps([dataclasses.asdict(cfg), lam, num_processes], sort_keys=True).encode())
+    run = dataclasses.asdict(cfg)
+    run.pop("seeds")  # the other seeds do not change this run: adding one resumes this one
+    h.update(json.dumps([run, lam, num_processes], sort_keys=True).encode())
     for path in files:
         for f in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
             h.update(str(f.relative_to(path) if f != path else f.name).encode())
@@ -294,8 +308,12 @@ def train(
     encoder_params: dict[str, Any],
     paths: Paths = Paths(),
     on_step: Callable[[int], None] | None = None,
+    live_histories: dict[int, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """Train IIER (resuming a matching saved state); returns the summary it reports."""
+    """Train IIER with ``cfg.seed`` (resuming a matching saved state); returns the summary
+    it reports. ``live_histories`` (seed → per-epoch records) collects the curves of the
+    seeds trained so far, which are rewritten to ``paths.live`` with this one's."""
+    live_histories = {} if live_histories is None else live_histories
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
     main = accelerator.is_main_process
     say = console.print if main else (lambda *a, **k: None)
@@ -312,10 +330,14 @@ def train(
     model.to(accelerator.device)
     tic = time.perf_counter()
     if model.text_frozen or model.vision_frozen:
-        cached = data.cache_frozen(model, cfg.eval_batch)
+        store = FeatureStore.load(paths.features, encoder_id(paths.encoder))
+        cached = data.cache_frozen(model, cfg.eval_batch, store)
         say(
-            f"train: frozen {' and '.join(cached)} tower outputs cached in "
-            f"{time.perf_counter() - tic:.0f} s"
+            "train: frozen tower outputs "
+            + ", ".join(
+                f"{k}: {a} from {paths.features}, {b} computed" for k, (a, b) in cached.items()
+            )
+            + f" ({time.perf_counter() - tic:.0f} s)"
         )
     cache_s = time.perf_counter() - tic
     train_rows = data.rows("train")
@@ -419,24 +441,31 @@ def train(
                     say(f"train: stopping after step {step} (train.stop_after_steps); state saved")
                     return {"stopped_at_step": step}
             meta["history"].append(_epoch_record(meta, model, data, cfg, accelerator, epoch))
-            if _better(meta["history"][-1], meta["best"]):
+            if meta["history"][-1]["dev"] is not None and _better(
+                meta["history"][-1], meta["best"]
+            ):
                 meta["best"] = meta["history"][-1]
                 if main:
                     _save_atomically(model, paths.state / BEST_DIR, _extra(cfg, lam, meta))
+            dev = meta["history"][-1]["dev"]
             say(
-                f"train: epoch {epoch} loss {meta['history'][-1]['loss']['L']:.4f} dev "
-                + " ".join(
-                    f"{k} {v:.2f}" for k, v in meta["history"][-1]["dev"].items() if k != "n"
+                f"train: seed {cfg.seed} epoch {epoch} loss "
+                f"{meta['history'][-1]['loss']['L']:.4f}"
+                + (
+                    " dev " + " ".join(f"{k} {v:.2f}" for k, v in dev.items() if k != "n")
+                    if dev
+                    else ""
                 )
             )
             meta |= {"epoch": epoch + 1, "batch_in_epoch": 0, "loss_sums": [0.0] * 5}
             meta["micro_batches"] = 0
             checkpoint()
             if main:
-                _write_live(paths.live, meta["history"])
+                _write_live(paths.live, live_histories | {cfg.seed: meta["history"]})
 
     meta["cache_s"] = round(cache_s, 1)
-    summary = _finish(meta, cfg, lam, paths, data, accelerator)
+    live_histories[cfg.seed] = meta["history"]
+    summary = _finish(meta, cfg, lam, paths, data, accelerator, live_histories)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -478,7 +507,9 @@ def _epoch_record(
         k: float(v) / n
         for k, v in zip(("L", "L_O", "L_V", "L_T", "L_C"), sums[:-1].tolist(), strict=True)
     }
-    return {"epoch": epoch, "loss": loss, "dev": evaluate_dev(model, data, cfg, accelerator)}
+    due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    dev = evaluate_dev(model, data, cfg, accelerator) if due else None
+    return {"epoch": epoch, "loss": loss, "dev": dev}
 
 
 def _better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -515,6 +546,7 @@ def _finish(
     paths: Paths,
     data: IIERInputs,
     accelerator: Accelerator,
+    live_histories: dict[int, list[dict[str, Any]]],
 ) -> dict[str, Any]:
     counts = torch.tensor([meta["micro_batches_total"]], device=accelerator.device)
     per_process = (
@@ -523,6 +555,7 @@ def _finish(
         else [int(counts[0])]
     )
     summary = {
+        "seed": cfg.seed,
         "processes": accelerator.num_processes,
         "batches_per_process": per_process,
         "epochs": cfg.epochs,
@@ -541,28 +574,33 @@ def _finish(
     if paths.out.exists():
         shutil.rmtree(paths.out)
     shutil.copytree(paths.state / BEST_DIR, paths.out)
-    _write_live(paths.live, meta["history"])  # also when nothing was left to train
-    paths.reports.mkdir(parents=True, exist_ok=True)
-    (paths.reports / "train.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _write_live(paths.live, live_histories)  # also when nothing was left to train
     console.print(
-        f"train: best dev MRR {summary['best_dev']['MRR']:.2f} at epoch {summary['best_epoch']}"
-        f"; {summary['train_time_s']} s -> {paths.out}"
+        f"train: seed {cfg.seed}: best dev MRR {summary['best_dev']['MRR']:.2f} at epoch "
+        f"{summary['best_epoch']}; {summary['train_time_s']} s -> {paths.out}"
     )
     return summary
 
 
-def _write_live(folder: Path, history: list[dict[str, Any]]) -> None:
-    """Per-epoch curves with dvclive, rebuilt from the state's history (so a resumed run's
-    curves are exactly an uninterrupted run's)."""
+def _write_live(folder: Path, histories: dict[int, list[dict[str, Any]]]) -> None:
+    """Per-epoch curves of every seed with dvclive (``seed_<s>/train/L``,
+    ``seed_<s>/dev/MRR``, ...), rebuilt from the states' histories (so a resumed run's
+    curves are exactly an uninterrupted run's). Epochs without a dev evaluation
+    (``eval_every``) have no dev point."""
     from dvclive import Live
 
+    epochs = max((len(h) for h in histories.values()), default=0)
     with Live(str(folder), resume=False, save_dvc_exp=False, dvcyaml=None) as live:
-        for record in history:
-            for key, value in record["loss"].items():
-                live.log_metric(f"train/{key}", value)
-            for key, value in record["dev"].items():
-                if key != "n":
-                    live.log_metric(f"dev/{key}", value)
+        for epoch in range(epochs):
+            for seed, history in sorted(histories.items()):
+                if epoch >= len(history):
+                    continue
+                record = history[epoch]
+                for key, value in record["loss"].items():
+                    live.log_metric(f"seed_{seed}/train/{key}", value)
+                for key, value in (record["dev"] or {}).items():
+                    if key != "n":
+                        live.log_metric(f"seed_{seed}/dev/{key}", value)
             live.next_step()
 
 
@@ -579,6 +617,13 @@ def main(
     live_dir: Path = typer.Option(Path("dvclive")),
     reports: Path = typer.Option(Path("reports")),
     profile: str = typer.Option(None, help="override train.profile (demo | paper)"),
+    features: Path = typer.Option(
+        Path("data/features"), help="the features stage's store (frozen-tower outputs)"
+    ),
+    timings: Path = typer.Option(
+        None, help="folder of the wall-time record (default: <reports>/timings)"
+    ),
+    timing_name: str = typer.Option("train", help="name of the wall-time record"),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
 ) -> None:
     with clear_errors("train"):
@@ -587,8 +632,52 @@ def main(
             raise KeyError(f"{params_file}: no section 'train'")
         cfg = resolve_config(params["train"], profile)
         lam = float(params.get("lambda", 1.0))
-        paths = Paths(vpwiki, dataset, answers, encoder_dir, out, state_dir, live_dir, reports)
-        train(cfg, lam, params.get("encoders") or {"backend": "demo"}, paths)
+        paths = Paths(
+            vpwiki, dataset, answers, encoder_dir, out, state_dir, live_dir, reports, features
+        )
+        encoder = params.get("encoders") or {"backend": "demo"}
+        with stage_timer(timing_name, timings or reports / "timings") as timing:
+            summary = train_seeds(cfg, lam, encoder, paths, timing)
+    if summary and PartialState().is_main_process:
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "train.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def train_seeds(
+    cfg: TrainConfig,
+    lam: float,
+    encoder: dict[str, Any],
+    paths: Paths,
+    timing: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Train one IIER per entry of ``cfg.seeds``: seed s writes ``<out>/seed_<s>/`` and
+    keeps its resumable state in ``<state>/seed_<s>/``; all seeds' curves go to one
+    dvclive folder. Returns the summary for ``train.json`` (None when a run stopped early);
+    the runs' wall times go to ``timing``, not to the summary."""
+    timing = {} if timing is None else timing
+    histories: dict[int, list[dict[str, Any]]] = {}
+    runs = {}
+    for seed in cfg.seeds:
+        run_paths = dataclasses.replace(
+            paths, out=paths.out / f"seed_{seed}", state=paths.state / f"seed_{seed}"
+        )
+        run = train(dataclasses.replace(cfg, seed=seed), lam, encoder, run_paths, None, histories)
+        if "stopped_at_step" in run:
+            return None
+        for key in TIMING_KEYS:
+            timing[f"seed_{seed}_{key}"] = run.pop(key)
+        runs[seed] = run
+    if PartialState().is_main_process:
+        keep = {f"seed_{s}" for s in runs}
+        for entry in paths.out.iterdir():  # other seeds, or an older single checkpoint
+            if entry.name not in keep:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    dev = [r["best_dev"] for r in runs.values()]
+    return {
+        "seeds": list(runs),
+        "best_dev_mean": {k: round(sum(d[k] for d in dev) / len(dev), 4) for k in dev[0]},
+        "per_seed": {str(s): r for s, r in runs.items()},
+    }
 
 
 if __name__ == "__main__":

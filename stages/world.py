@@ -16,6 +16,7 @@ import typer
 
 from stages.console import clear_errors, console
 from vpmel.params import PARAMS_FILE, load_params
+from vpmel.timings import stage_timer
 from vpmel.world.generate import WorldConfig, generate_world, world_contact_sheet
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -27,25 +28,26 @@ def main(
     reports: Path = typer.Option(Path("reports"), help="where the contact sheet and sizes go"),
     params_file: Path = typer.Option(PARAMS_FILE, "--params", help="params.yaml to read"),
 ) -> None:
-    with clear_errors("world"):
-        raw = load_params("world", params_file)
-        known = {f.name for f in dataclasses.fields(WorldConfig)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(
-                f"{params_file}: unknown world params {unknown}; known: {sorted(known)}"
-            )
-        cfg = WorldConfig(**raw)
-    if out.exists():
-        shutil.rmtree(out)
-    summary = generate_world(out, cfg, progress=True)
-    sizes = dataclasses.asdict(summary)
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "world.json").write_text(json.dumps(sizes, indent=1) + "\n")
-    sheet = reports / "world_contact_sheet.png"
-    world_contact_sheet(out, sheet, seed=cfg.seed)
-    console.print(f"world: wrote {out} ({json.dumps(sizes)})")
-    console.print(f"world: contact sheet {sheet}")
+    with stage_timer("world", reports / "timings"):
+        with clear_errors("world"):
+            raw = load_params("world", params_file)
+            known = {f.name for f in dataclasses.fields(WorldConfig)}
+            unknown = sorted(set(raw) - known)
+            if unknown:
+                raise ValueError(
+                    f"{params_file}: unknown world params {unknown}; known: {sorted(known)}"
+                )
+            cfg = WorldConfig(**raw)
+        if out.exists():
+            shutil.rmtree(out)
+        summary = generate_world(out, cfg, progress=True)
+        sizes = dataclasses.asdict(summary)
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "world.json").write_text(json.dumps(sizes, indent=1) + "\n")
+        sheet = reports / "world_contact_sheet.png"
+        world_contact_sheet(out, sheet, seed=cfg.seed)
+        console.print(f"world: wrote {out} ({json.dumps(sizes)})")
+        console.print(f"world: contact sheet {sheet}")
 
 
 if __name__ == "__main__":

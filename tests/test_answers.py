@@ -184,6 +184,10 @@ def test_stage_writes_answers_and_metrics_and_resumes(tmp_path: Path, monkeypatc
     report = json.loads((tmp_path / "reports" / "detective.json").read_text())
     assert report["model"] == "tuned" and set(report) >= {"dev", "test"}
     assert report["dev"]["n"] == 4 and report["test"]["n"] == 4
+    # times go to their own file, not into the metrics
+    timing = json.loads((tmp_path / "reports" / "timings" / "answers.json").read_text())
+    assert timing["stage"] == "answers" and timing["wall_s"] >= 0 and timing["generated"] == len(ms)
+    assert not [k for k in report if "second" in k or k.endswith("_s")]
 
     def no_model(*args, **kwargs):
         raise AssertionError("everything is cached: the model must not even be loaded")
@@ -199,6 +203,8 @@ def test_stage_writes_answers_and_metrics_and_resumes(tmp_path: Path, monkeypatc
     assert len(list((tmp_path / "answers" / "cache").iterdir())) == 2
     report = json.loads((tmp_path / "reports" / "detective.json").read_text())
     assert report["model"] == "untuned"
+    timing = json.loads((tmp_path / "reports" / "timings" / "answers_untuned.json").read_text())
+    assert timing["stage"] == "answers_untuned" and "generate_s" in timing
     untuned = pd.read_parquet(tmp_path / "answers" / "answers.parquet")
     assert not untuned["raw"].equals(table["raw"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import string
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from vpmel.encoder_training import (
     EntityImages,
     TrainConfig,
     ViewConfig,
+    ViewSampler,
     contrastive_loss,
     cutout,
     entity_texts,
@@ -138,15 +140,34 @@ def test_prompted_views_box_one_entity_among_others(kb: pd.DataFrame, kb_root: P
     images = EntityImages.from_kb(kb, kb_root)
     pool = np.arange(len(kb))
     cfg = ViewConfig(prompted_objects=(3, 3), prompt_jitter=0.0)
-    views = [render_prompted(np.random.default_rng(5), images, pool, 2, cfg) for _ in range(2)]
+    views = [render_prompted(np.random.default_rng(5), images, pool, 2, cfg)[0] for _ in range(2)]
     assert views[0].size == cfg.scene_size
     assert np.array_equal(np.asarray(views[0]), np.asarray(views[1]))  # same seed, same view
     # the red box is drawn: far more pure-red pixels than the red circle's outline-free fill
     blank = ViewConfig(
         prompted_objects=(3, 3), prompt_jitter=0.0, prompt=PromptStyle("box", "blue")
     )
-    unmarked = render_prompted(np.random.default_rng(5), images, pool, 2, blank)
+    unmarked = render_prompted(np.random.default_rng(5), images, pool, 2, blank)[0]
     assert red_pixels(views[0]) > red_pixels(unmarked) + 50
+
+
+def test_paired_prompted_views_differ_only_by_the_box(kb: pd.DataFrame, kb_root: Path) -> None:
+    images = EntityImages.from_kb(kb, kb_root)
+    cfg = ViewConfig(prompted_objects=(2, 4), prompt_jitter=0.0)
+    first, second = render_prompted(np.random.default_rng(3), images, np.arange(len(kb)), 1, cfg, 4)
+    a, b = np.asarray(first).astype(int), np.asarray(second).astype(int)
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    # one scene: outside both boxes' red outlines every pixel is the same
+    differ = np.abs(a - b).sum(-1) > 0
+    assert differ.mean() < 0.25
+    assert red_pixels(first) > 50 and red_pixels(second) > 50
+    # a sampler with pairs always on boxes batch mates in one scene, two views each
+    sampler = ViewSampler(images, replace(cfg, prompted_rate=1.0, prompt_pair_rate=1.0), 0, 4)
+    views = sampler.views([0, 1, 2, 3])
+    assert all(v is not None for v in views)
+    for i in (0, 2):
+        pair = np.abs(np.asarray(views[i]).astype(int) - np.asarray(views[i + 1]).astype(int))
+        assert 0 < (pair.sum(-1) > 0).mean() < 0.25
 
 
 def test_prompt_probe_moves_the_box_to_another_object(kb: pd.DataFrame, kb_root: Path) -> None:

@@ -54,6 +54,8 @@ def test_import_writes_the_tables(tmp_path: Path, dataset: Path) -> None:
     assert result.exit_code == 0, result.output
     assert read_mentions(tmp_path / "out")["id"].tolist() == ["0", "1"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+    timing = json.loads((tmp_path / "reports" / "timings" / "import.json").read_text())
+    assert timing["stage"] == "import" and timing["wall_s"] >= timing["work_s"] >= 0
 
 
 @pytest.mark.parametrize("where", ["same", "inside_source", "contains_source"])

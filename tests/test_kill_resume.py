@@ -257,7 +257,7 @@ def train_args(root: Path, run: str) -> list[str]:
         "--encoder-dir", str(root / "models/encoder"),
         "--out", str(base / "models/iier"), "--state-dir", str(base / "models/iier_state"),
         "--live-dir", str(base / "dvclive"), "--reports", str(base / "reports"),
-        "--params", str(root / "params.yaml"),
+        "--features", str(base / "no-features"), "--params", str(root / "params.yaml"),
     ]  # fmt: skip
 
 
@@ -294,7 +294,7 @@ def test_train_killed_mid_checkpoint_resumes_to_the_uninterrupted_result(
 
     train("full", "uninterrupted")
     run = root / "killed"
-    state = run / "models/iier_state"
+    state = run / "models/iier_state/seed_0"  # train.seeds: [0] (one run per seed)
 
     # 1. inside the write of state.json.tmp at step 6: the state of step 4 stays in force
     where, _ = train("killed", "1", {"point": "state_half", "at": [6, 0, 6]})
@@ -338,7 +338,7 @@ def test_train_killed_mid_checkpoint_resumes_to_the_uninterrupted_result(
     assert "resuming at epoch 1, step 8" in out
     assert saved_position(state) == (16, 2, 0)
     assert not (run / "reports/train.json").exists()
-    assert len(tree(run / "models/iier")) < len(tree(state / "best"))
+    assert len(tree(run / "models/iier/seed_0")) < len(tree(state / "best"))
 
     # 6. nothing left to train: finishes
     _, out = train("killed", "final")
@@ -348,20 +348,17 @@ def test_train_killed_mid_checkpoint_resumes_to_the_uninterrupted_result(
     assert leftovers(run) == [] and leftovers(full) == []
     assert [p.name for p in state.glob("step-*")] == ["step-0000016-002-00000.safetensors"]
     report, resumed = (json.loads((r / "reports/train.json").read_text()) for r in (full, run))
-    for summary in (report, resumed):
-        del summary["train_time_s"], summary["frozen_tower_cache_s"]
-    assert resumed == report and resumed["steps"] == 16
+    assert resumed == report and resumed["per_seed"]["0"]["steps"] == 16
     assert tree(run / "models/iier") == tree(full / "models/iier")  # byte-equal weights
-    assert tree(state / "best") == tree(full / "models/iier_state/best")
+    full_state = full / "models/iier_state/seed_0"
+    assert tree(state / "best") == tree(full_state / "best")
     # the final training state too: weights, AdamW moments, RNG; history and best epoch
-    assert tree(state).keys() == tree(full / "models/iier_state").keys()
-    meta_full, meta_run = (
-        json.loads((r / "models/iier_state/state.json").read_text()) for r in (full, run)
-    )
+    assert tree(state).keys() == tree(full_state).keys()
+    meta_full, meta_run = (json.loads((r / "state.json").read_text()) for r in (full_state, state))
     del meta_full["elapsed_s"], meta_run["elapsed_s"]
     assert meta_run == meta_full
     weights = "step-0000016-002-00000.safetensors"
-    assert (state / weights).read_bytes() == (full / "models/iier_state" / weights).read_bytes()
+    assert (state / weights).read_bytes() == (full_state / weights).read_bytes()
     live_full, live_run = (tree(r / "dvclive") for r in (full, run))
     assert live_run.keys() == live_full.keys()
     for name in live_full:

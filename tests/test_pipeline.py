@@ -40,6 +40,7 @@ TINY = {
     },
     "answers": {"threads": 1, "batch_size": 16, "max_new_tokens": 6},
     "train": {
+        "seeds": [0, 1],
         "epochs": 1,
         "batch_size": 8,
         "d_v": 12,
@@ -152,7 +153,10 @@ def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]
     # the subsets agree with the demo world's truth: every mention the generator named in
     # its caption (by name or short alias) is "named"; "named" ones it did not name are
     # coincidences (the gold name inside another object's name)
+    assert metrics["test"]["seeds"] == 2 and set(metrics["test_sd"]) >= {"H@1", "MRR"}
     top = pd.read_parquet(repo / "data/eval/top20.parquet")
+    assert sorted(top["seed"].unique()) == [0, 1]
+    top = top[top["seed"] == 0]
     truth = pd.read_parquet(repo / "data/world/truth.parquet").set_index("id")
     said = truth.loc[top["id"], "named_in_caption"].to_numpy()
     assert (top["named"].to_numpy() | ~said).all()
@@ -175,6 +179,25 @@ def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]
     report = (repo / "reports/report.md").read_text()
     assert "IIER (full)" in report and "not run" not in report and "n/a" not in report
     assert "| method | name in caption: H@1 |" in report
+    assert "Every comparison with its uncertainty" in report and "McNemar" in report
+    assert "dev is the selection metric" in report
+
+    # metrics hold quality only; every stage's wall time is in reports/timings
+    shown = json.loads(_run([*dvc, "metrics", "show", "--json"], repo, env).stdout)
+    keys = set()
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}/{k}")
+        else:
+            keys.add(path.rsplit("/", 1)[-1])
+
+    walk(shown, "")
+    timing_like = {k for k in keys if k.endswith(("_s", "seconds", "per_s", "per_second"))}
+    assert not timing_like, timing_like
+    timings = {p.stem for p in (repo / "reports/timings").rglob("*.json")}
+    assert {"world", "import", "encoders", "features", "train", "evaluate", "baselines"} <= timings
     for png in ("report_hits.png", "report_training.png", "report_cases.png"):
         assert (repo / "reports" / png).stat().st_size > 0
 

@@ -134,6 +134,7 @@ def paths_in(root: Path, run: str) -> train_stage.Paths:
         state=base / "models/iier_state",
         live=base / "dvclive",
         reports=base / "reports",
+        features=base / "no-features",
     )
 
 
@@ -183,8 +184,8 @@ def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -
         assert (root / key / "models/iier/iier.safetensors").is_file()
     a, b = weights(root / "full/models/iier"), weights(root / "crashed/models/iier")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    live_a = (root / "full/dvclive/plots/metrics/train/L.tsv").read_text()
-    assert live_a == (root / "crashed/dvclive/plots/metrics/train/L.tsv").read_text()
+    live_a = (root / "full/dvclive/plots/metrics/seed_0/train/L.tsv").read_text()
+    assert live_a == (root / "crashed/dvclive/plots/metrics/seed_0/train/L.tsv").read_text()
     assert len(live_a.strip().splitlines()) == 3  # header + 2 epochs
 
     # stop_after_steps saves and exits; the next run picks up from there
@@ -213,11 +214,18 @@ def test_two_processes_and_evaluate(tiny_project: Path) -> None:
         "--encoder-dir", str(root / "models/encoder"),
         "--out", str(run / "models/iier"), "--state-dir", str(run / "models/iier_state"),
         "--live-dir", str(run / "dvclive"), "--reports", str(run / "reports"),
+        "--features", str(run / "no-features"), "--timings", str(run / "timings"),
         "--params", str(root / "params.yaml"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "reports/train.json").read_text())
+    assert summary["seeds"] == [0] and set(summary["per_seed"]) == {"0"}
+    assert summary["best_dev_mean"] == summary["per_seed"]["0"]["best_dev"]
+    assert (run / "models/iier/seed_0/iier.safetensors").is_file()
+    timing = json.loads((run / "timings/train.json").read_text())
+    assert timing["seed_0_train_time_s"] > 0 and "train_time_s" not in summary["per_seed"]["0"]
+    summary = summary["per_seed"]["0"]
     assert summary["processes"] == 2
     assert summary["batches_per_process"] == [8, 8]  # 64 mentions / 8 / 2 x 2 epochs
     assert summary["steps"] == 8
@@ -230,19 +238,25 @@ def test_two_processes_and_evaluate(tiny_project: Path) -> None:
         answers=root / "data/answers/answers.parquet",
         out=out / "data/eval",
         reports=out / "reports",
+        features=run / "no-features",
+        timings=out / "timings",
+        timing_name="evaluate",
         params_file=root / "params.yaml",
     )
     metrics = json.loads((out / "reports/metrics.json").read_text())
-    assert metrics["dev"] == summary["best_dev"]
+    assert {k: v for k, v in metrics["dev"].items() if k != "seeds"} == summary["best_dev"]
     subsets = {"dev_named", "dev_unnamed", "test_named", "test_unnamed"}
-    assert set(metrics) == {"dev", "test", *subsets} and metrics["test"]["n"] == 16
+    assert set(metrics) == {"dev", "test", "dev_sd", "test_sd", *subsets}
+    assert metrics["test"]["n"] == 16 and metrics["test"]["seeds"] == 1
     for key in ("dev", *subsets):
-        assert set(metrics[key]) == {"H@1", "H@3", "H@5", "H@10", "H@20", "MRR", "MR", "n"}
+        assert set(metrics[key]) == {"H@1", "H@3", "H@5", "H@10", "H@20", "MRR", "MR", "n", "seeds"}
+    assert all(v == 0 for v in metrics["test_sd"].values())  # one seed
+    assert json.loads((out / "timings/evaluate.json").read_text())["pairs_per_s"] > 0
     # every sentence of the tiny project names its gold entity
     assert metrics["test_named"] == metrics["test"] and metrics["test_unnamed"]["n"] == 0
     top = pd.read_parquet(out / "data/eval/top20.parquet")
     assert list(top.columns) == [
-        "id", "split", "qid", "named", "rank", "gold_score", "top_qids", "top_scores"
+        "id", "seed", "split", "qid", "named", "rank", "gold_score", "top_qids", "top_scores"
     ]  # fmt: skip
     assert top["named"].all()
     assert len(top) == 32 and all(len(q) == 20 for q in top["top_qids"])
@@ -295,3 +309,66 @@ def test_inputs_answers_images_and_problems(tiny_project: Path) -> None:
     source = build(use_prompted_image=False)
     assert source.mentions.images.root == root / "data/dataset"
     assert source.mentions.images.paths[0] == "images/mentions/m0.png"
+
+
+def test_feature_store_serves_frozen_inputs_and_never_changes_them(tiny_project: Path) -> None:
+    """The features stage stores every frozen-tower output once; a run reads them from the
+    store (none recomputed) and gets the very tensors the towers give; an input the store
+    lacks is computed; a store made with another encoder is ignored; seeds share it."""
+    from stages import features as features_stage
+    from vpmel.features import FeatureStore, encoder_id
+    from vpmel.iier import IIER
+    from vpmel.iier_data import InputConfig, load_inputs, read_answers
+    from vpmel.schema import read_kb
+
+    root = tiny_project
+    answers = root / "data/answers/answers.parquet"
+    features_stage.main(
+        vpwiki=root / "data/vpwiki", dataset=root / "data/dataset", answers=[answers],
+        encoder_dir=root / "models/encoder", out=root / "features",
+        timings=root / "timings", batch_size=8, params_file=root / "params.yaml",
+    )  # fmt: skip
+    assert json.loads((root / "timings/features.json").read_text())["texts"] > 0
+    store = FeatureStore.load(root / "features", encoder_id(root / "models/encoder"))
+    assert store is not None and FeatureStore.load(root / "features", "another") is None
+
+    frozen = train_stage.resolve_config(TRAIN | {"train_vision": False, "train_text": False})
+    from vpmel.encoders import ImageTextEncoder
+
+    model = IIER(ImageTextEncoder.load(root / "models/encoder"), frozen.model()).eval()
+    mentions = pd.read_parquet(root / "data/vpwiki/mentions.parquet")
+
+    def inputs(mentions: pd.DataFrame, use_answers: bool = True):
+        enc = model.encoder
+        return load_inputs(
+            mentions, read_kb(root / "data/dataset"), root / "data/vpwiki",
+            root / "data/dataset", enc.tokenizer, enc.pixel_values, enc.image_size,
+            InputConfig(use_answers, True, frozen.max_text_length), read_answers(answers),
+        )  # fmt: skip
+
+    stored, computed = inputs(mentions), inputs(mentions)
+    assert stored.cache_frozen(model, 8, store) == {"text": [144, 0], "vision": [144, 0]}
+    assert computed.cache_frozen(model, 8, None) == {"text": [0, 144], "vision": [0, 144]}
+    for a, b in ((stored.mentions, computed.mentions), (stored.entities, computed.entities)):
+        assert torch.allclose(a.texts.hidden, b.texts.hidden, atol=1e-5)
+        assert torch.allclose(a.images.vision_cls, b.images.vision_cls, atol=1e-5)
+        assert torch.allclose(a.images.vision_last, b.images.vision_last, atol=1e-5)
+    changed = mentions.copy()
+    changed.loc[0, "sentence"] = "a sentence the store never saw"
+    assert inputs(changed).cache_frozen(model, 8, store)["text"] == [143, 1]
+    assert inputs(mentions, use_answers=False).cache_frozen(model, 8, store)["text"] == [144, 0]
+
+    # two seeds from the store: one folder each, mean and per-seed summaries
+    paths = paths_in(root, "seeds")
+    paths = train_stage.dataclasses.replace(paths, features=root / "features")
+    cfg = train_stage.resolve_config(
+        TRAIN | {"train_vision": False, "train_text": False, "seeds": [3, 4], "eval_every": 2}
+    )
+    summary = train_stage.train_seeds(cfg, 1.0, {"backend": "demo"}, paths)
+    assert summary["seeds"] == [3, 4]
+    assert sorted(p.name for p in paths.out.iterdir()) == ["seed_3", "seed_4"]
+    dev = [summary["per_seed"][s]["best_dev"]["MRR"] for s in ("3", "4")]
+    assert summary["best_dev_mean"]["MRR"] == pytest.approx(sum(dev) / 2, abs=1e-3)
+    assert summary["per_seed"]["3"]["best_epoch"] == 1  # eval_every 2: only the last epoch
+    live = paths.live / "plots/metrics"
+    assert (live / "seed_3/dev/MRR.tsv").is_file() and (live / "seed_4/train/L.tsv").is_file()

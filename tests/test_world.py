@@ -348,3 +348,22 @@ def test_wrap_limits_lines() -> None:
     lines = wrap("word " * 200, font, 100, 3)
     assert len(lines) == 3 and lines[-1].endswith("…")
     assert all(font.getlength(line) <= 100 for line in lines)
+
+
+def test_world_stage_writes_sizes_and_its_wall_time_apart(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from stages.world import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"world": dict(seed=0, **TINY)}))
+    reports = tmp_path / "reports"
+    args = ["--out", str(tmp_path / "world"), "--reports", str(reports), "--params", str(params)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    sizes = json.loads((reports / "world.json").read_text())
+    assert sizes["n_entities"] == TINY["kb_size"]
+    assert not [k for k in sizes if "second" in k or k.endswith("_s")]  # a metric: no times
+    timing = json.loads((reports / "timings" / "world.json").read_text())
+    assert timing["stage"] == "world" and timing["wall_s"] >= timing["work_s"] >= 0

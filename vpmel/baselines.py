@@ -111,10 +111,14 @@ def evaluate_scores(
     """H@k / MRR / MR per split and per split subset (``<split>_named``,
     ``<split>_unnamed``; ``named`` from :func:`vpmel.subsets.named_mentions`) from [M, N]
     scores and gold KB rows."""
+    return split_metrics(gold_ranks(scores, gold), splits, names, named)
+
+
+def gold_ranks(scores: torch.Tensor, gold: np.ndarray) -> np.ndarray:
+    """Each mention's gold rank among all KB entities (ties pessimistic) from [M, N] scores."""
     gold_t = torch.tensor(np.asarray(gold), dtype=torch.long)
     gold_scores = scores.gather(1, gold_t.unsqueeze(1)).squeeze(1)
-    ranks = pessimistic_ranks(scores, gold_scores).numpy()
-    return split_metrics(ranks, splits, names, named)
+    return pessimistic_ranks(scores, gold_scores).numpy()
 
 
 def other_object(

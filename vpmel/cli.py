@@ -1,5 +1,6 @@
 """The ``vpmel`` command: ``vpmel link IMAGE --box X1,Y1,X2,Y2 [--text ...]`` for one
-region, ``vpmel link --batch FILE.jsonl [--out RESULTS.jsonl]`` for many.
+region, ``vpmel link --batch FILE.jsonl [--out RESULTS.jsonl]`` for many; ``vpmel annotate
+export|import`` for human verification of VPWiki in Label Studio (vpmel.label_studio).
 
 Every input is checked before the model loads (see :mod:`vpmel.link`), so a mistake costs
 well under a second; each one is a single ``vpmel link: error: ...`` line and exit code 1.
@@ -12,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import typer
 from rich.console import Console
@@ -33,6 +34,9 @@ from vpmel.link import (
 )
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.prompts import PromptStyle
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(add_completion=False, help="Visual-prompt-guided multimodal entity linking.")
 err = Console(stderr=True)
@@ -220,6 +224,106 @@ def _link_batch(
 def _say_line_error(batch: Path, error: str) -> None:
     err.print(f"vpmel link: error: {batch}: {error}", markup=False, highlight=False,
               soft_wrap=True)  # fmt: skip
+
+
+# ------------------------------------------------------------------------- vpmel annotate
+
+annotate_app = typer.Typer(
+    add_completion=False,
+    help="Human verification of VPWiki in Label Studio (paper §3, Appendix A.6): export a "
+    "project with the pipeline's boxes, types and entailment scores as predictions; import "
+    "the annotators' export as the decisions the split stage applies (split.human).",
+)
+app.add_typer(annotate_app, name="annotate")
+
+
+def _annotate_fail(message: object) -> typer.Exit:
+    err.print(f"vpmel annotate: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+@annotate_app.command("export")
+def annotate_export(
+    dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset folder"),
+    entail_dir: Path = typer.Option(Path("data/entail"), help="the entail stage's output"),
+    ground_dir: Path = typer.Option(Path("data/ground"), help="the ground stage's output"),
+    out: Path = typer.Option(Path("data/label_studio"), help="where the project files go"),
+    document_root: Path = typer.Option(
+        None, help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (default: the dataset folder)"
+    ),
+    url_prefix: str = typer.Option("/data/local-files/?d=", help="image URL = prefix + path"),
+    include_rejected: bool = typer.Option(
+        False, "--all", help="also the entailment rejects and grounding failures"
+    ),
+) -> None:
+    """Write a Label Studio project (labeling config, tasks with the pipeline's predictions).
+
+    Files: labeling_config.xml, tasks.json (one task per mention) and project.json.
+    """
+    from vpmel import label_studio as ls  # here: `vpmel link` starts without pandas
+    from vpmel.schema import read_kb, read_mentions
+
+    root = document_root or dataset
+    try:
+        kb, mentions = read_kb(dataset), read_mentions(dataset)
+        entailment = _read_parquet(entail_dir / "entailment.parquet", "entail")
+        grounding = _read_parquet(ground_dir / "grounding.parquet", "ground")
+        tasks = ls.export_tasks(mentions, entailment, grounding, kb, dataset, root,
+                                include_rejected, url_prefix)  # fmt: skip
+        meta = ls.write_project(out, tasks, root)
+    except (ValueError, KeyError, OSError) as problem:
+        raise _annotate_fail(problem) from None
+    print(f"vpmel annotate: {len(tasks)} tasks of {len(mentions)} mentions in {out}/tasks.json, "
+          f"labeling config in {out}/labeling_config.xml")  # fmt: skip
+    print(f"  serve the images: LOCAL_FILES_SERVING_ENABLED=true "
+          f"LOCAL_FILES_DOCUMENT_ROOT={meta['document_root']}; local storage path "
+          f"{meta['local_storage_path']}")  # fmt: skip
+
+
+def _read_parquet(path: Path, stage: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (run `dvc repro {stage}` first)")
+    return pd.read_parquet(path)
+
+
+@annotate_app.command("import")
+def annotate_import(
+    export: Path = typer.Argument(..., help="Label Studio's JSON export of the project"),
+    dataset: Path = typer.Option(Path("data/dataset"), help="checks ids, gives image sizes"),
+    out: Path = typer.Option(Path("data/label_studio/human.json"), help="decisions file"),
+) -> None:
+    """Read Label Studio's JSON export into the human decisions the split stage applies.
+
+    One decision per mention (related, box, type), Fleiss' kappa and the annotators' mean
+    pairwise IoU; every unusable task or annotation is listed. Then set split.human: OUT.
+    """
+    from vpmel import label_studio as ls
+    from vpmel.schema import read_mentions
+
+    try:
+        tasks = ls.read_export(export)
+        result = ls.import_export(tasks, read_mentions(dataset))
+        ls.write_human(result, out, source=str(export))
+    except (ValueError, KeyError, OSError) as problem:
+        raise _annotate_fail(problem) from None
+    d, a = result.decisions, result.agreement
+    print(f"vpmel annotate: {len(d)} mentions decided from {a['tasks']} tasks, "
+          f"{a['annotations']} annotations by {a['annotators']} annotators: "
+          f"{int(d['related'].eq(True).sum())} related, "
+          f"{int(d['related'].eq(False).sum())} unrelated")  # fmt: skip
+    print(f"  Fleiss' kappa: related {a['kappa_related']} ({a['kappa_related_mentions']} "
+          f"mentions), type {a['kappa_type']} ({a['kappa_type_mentions']} mentions); mean "
+          f"pairwise IoU {a['mean_pairwise_iou']} ({a['box_pairs']} pairs)")  # fmt: skip
+    for p in result.problems:
+        where = f"task {p.task}"
+        where += f", annotation {p.annotation}" if p.annotation is not None else ""
+        where += f" (mention {p.mention_id})" if p.mention_id is not None else ""
+        err.print(f"vpmel annotate: {export}: {where}: {p.problem}", markup=False,
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    print(f"  {len(result.problems)} problems (listed in {out}); decisions in {out}: "
+          f"set split.human: {out} in params.yaml")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ class ViewConfig:
     text_rates: tuple[float, float, float] = (0.6, 0.2, 0.2)  # name / name type / name. desc.
     prompted_rate: float = 0.0  # P(a whole prompted scene: the entity boxed among others)
     prompted_objects: tuple[int, int] = (2, 5)  # objects per prompted scene (inclusive)
+    prompt_pair_rate: float = 0.0  # P(a prompted scene is also shown boxed on a batch mate)
     occlusion_max: float = 0.35  # of each object's square, as the demo world's scenes
     prompt_jitter: float = 0.1  # box sides moved by up to this share (automatic boxes are loose)
     prompt: PromptStyle = field(default_factory=PromptStyle)
@@ -266,21 +267,31 @@ def render_prompted(
     pool: np.ndarray,
     index: int,
     cfg: ViewConfig,
-) -> Image.Image:
+    partner: int | None = None,
+) -> list[Image.Image]:
     """Entity ``index`` among other entities of ``pool`` in a composed scene, marked by the
-    visual prompt (its reference box, jittered); its place in the draw order is random."""
+    visual prompt (its reference box, jittered); its place in the draw order is random.
+
+    With a ``partner`` entity, the partner is placed in the same scene and a second view of
+    that one scene is returned with the box on the partner instead: two images that differ
+    only by where the box is, paired with two different texts of the same batch, so the
+    contrastive loss can only be met by reading the box."""
+    targets = [index] if partner is None else [index, partner]
     low, high = cfg.prompted_objects
-    others: list[int] = []
-    for _ in range(int(rng.integers(low, high + 1)) - 1):
+    objects: list[int] = []
+    for _ in range(max(int(rng.integers(low, high + 1)), len(targets)) - len(targets)):
         other = int(pool[rng.integers(len(pool))])
-        if other != index and other not in others:
-            others.append(other)
-    objects = others[:]
-    target = int(rng.integers(len(objects) + 1))
-    objects.insert(target, index)
+        if other not in targets and other not in objects:
+            objects.append(other)
+    for t in targets:
+        objects.insert(int(rng.integers(len(objects) + 1)), t)
     image, boxes = prompted_scene(rng, images, objects, cfg)
-    box = jittered(rng, boxes[target], cfg.prompt_jitter, image.size)
-    return draw_prompt(image, box, cfg.prompt)
+    return [
+        draw_prompt(
+            image, jittered(rng, boxes[objects.index(t)], cfg.prompt_jitter, image.size), cfg.prompt
+        )
+        for t in targets
+    ]
 
 
 class Backgrounds:
@@ -367,20 +378,32 @@ class ViewSampler:
         return out
 
     def views(self, entities: Sequence[int]) -> list[Image.Image]:
-        """One view of each entity (a distractor is any other entity with an image)."""
-        out = []
-        for index in entities:
-            if self.cfg.prompted_rate > 0 and self.rng.random() < self.cfg.prompted_rate:
-                out.append(render_prompted(self.rng, self.images, self.pool, index, self.cfg))
+        """One view of each entity (a distractor is any other entity with an image); with
+        ``prompt_pair_rate``, a prompted entity may share its scene with the next entity of
+        the batch, boxed in turn (see :func:`render_prompted`)."""
+        cfg = self.cfg
+        out: list[Image.Image | None] = [None] * len(entities)
+        for k, index in enumerate(entities):
+            if out[k] is not None:
+                continue
+            if cfg.prompted_rate > 0 and self.rng.random() < cfg.prompted_rate:
+                paired = (
+                    cfg.prompt_pair_rate > 0
+                    and k + 1 < len(entities)
+                    and self.rng.random() < cfg.prompt_pair_rate
+                )
+                partner = entities[k + 1] if paired else None
+                for j, view in enumerate(
+                    render_prompted(self.rng, self.images, self.pool, index, cfg, partner)
+                ):
+                    out[k + j] = view
                 continue
             distractor = None
-            if self.rng.random() < self.cfg.distractor_rate:
+            if self.rng.random() < cfg.distractor_rate:
                 distractor = int(self.pool[self.rng.integers(len(self.pool))])
                 distractor = None if distractor == index else distractor
-            out.append(
-                render_view(self.rng, self.images, self.backgrounds, index, distractor, self.cfg)
-            )
-        return out
+            out[k] = render_view(self.rng, self.images, self.backgrounds, index, distractor, cfg)
+        return out  # type: ignore[return-value]
 
     def batch(self, size: int) -> tuple[list[int], list[Image.Image], np.ndarray]:
         entities = self._next_entities(min(size, len(self.pool)))

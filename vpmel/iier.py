@@ -558,8 +558,9 @@ class IIER(nn.Module):
 
     @classmethod
     def load(cls, folder: Path) -> tuple[IIER, dict[str, Any]]:
-        """Read a folder written by :meth:`save`; returns (model in eval mode, extra)."""
-        folder = Path(folder)
+        """Read a folder written by :meth:`save`; returns (model in eval mode, extra). A
+        `train` output with one checkpoint per seed (``seed_<s>/``) loads its first seed."""
+        folder = seed_checkpoints(folder)[0][1]
         meta_path = folder / CONFIG_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; not an IIER checkpoint")
@@ -574,6 +575,22 @@ class IIER(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{folder / HEAD_FILE}: missing {missing}, unexpected {unexpected}")
         return model.eval(), meta.get("extra", {})
+
+
+def seed_checkpoints(folder: Path) -> list[tuple[int | None, Path]]:
+    """(seed, checkpoint folder) of a `train` output: its ``seed_<s>/`` folders by seed, or
+    the folder itself when it is one checkpoint (seed None)."""
+    folder = Path(folder)
+    if (folder / CONFIG_FILE).is_file():
+        return [(None, folder)]
+    seeds = []
+    for sub in folder.glob("seed_*"):
+        tail = sub.name.removeprefix("seed_")
+        if (sub / CONFIG_FILE).is_file() and tail.lstrip("-").isdigit():
+            seeds.append((int(tail), sub))
+    if not seeds:
+        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE} or seed_*/; not an IIER checkpoint")
+    return sorted(seeds)
 
 
 def _post_layernorm(encoder: ImageTextEncoder) -> nn.Module | None:

@@ -128,34 +128,6 @@ class TextBank:
                 out["token_type_ids"] = self.token_type_ids[rows, :width]
         return out
 
-    @torch.no_grad()
-    def cache(
-        self,
-        text_hidden: Callable[..., Tensor],
-        batch_size: int = 64,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        """Run a frozen text tower over every text once and keep its last hidden states
-        (texts batched by length, each batch trimmed to its longest; padding stays zero)."""
-        lengths = self.attention_mask.sum(1)
-        order = torch.argsort(lengths, stable=True)
-        hidden: Tensor | None = None
-        for lo in range(0, len(self), batch_size):
-            rows = order[lo : lo + batch_size]
-            width = max(1, int(lengths[rows].max()))
-            tti = (
-                self.token_type_ids[rows, :width].to(device)
-                if self.token_type_ids is not None
-                else None
-            )
-            ids = self.input_ids[rows, :width].to(device)
-            mask = self.attention_mask[rows, :width].to(device)
-            out = text_hidden(ids, mask, tti).float().cpu()
-            if hidden is None:
-                hidden = torch.zeros((len(self), self.width, out.shape[-1]))
-            hidden[rows, :width] = out * mask.cpu().unsqueeze(-1).to(out.dtype)
-        self.hidden = hidden
-
 
 # ------------------------------------------------------------------------------ images
 
@@ -194,23 +166,6 @@ class ImageBank:
             index = torch.as_tensor(list(rows), dtype=torch.long)
             return {"vision_cls": self.vision_cls[index], "vision_last": self.vision_last[index]}
         return {"pixel_values": self.pixels(rows)}
-
-    @torch.no_grad()
-    def cache(
-        self,
-        vision_hidden: Callable[[Tensor], tuple[Tensor, Tensor]],
-        batch_size: int = 64,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        """Run a frozen vision tower over every image once and keep what IIER reads."""
-        cls, last = [], []
-        for lo in range(0, len(self), batch_size):
-            pixels = self.pixels(range(lo, min(len(self), lo + batch_size))).to(device)
-            c, h = vision_hidden(pixels)
-            cls.append(c.float().cpu())
-            last.append(h.float().cpu())
-        self.vision_cls, self.vision_last = torch.cat(cls), torch.cat(last)
-        self._cached.clear()
 
     def pixels(self, rows: Sequence[int]) -> Tensor:
         rows = [int(r) for r in rows]
@@ -350,19 +305,24 @@ class IIERInputs:
     def rows(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.mentions_table["split"]) if s == split]
 
-    def cache_frozen(self, model, batch_size: int = 64) -> list[str]:
-        """Run each frozen tower of ``model`` (an IIER) over every input once; returns
-        what was cached."""
-        done = []
+    def cache_frozen(self, model, batch_size: int = 64, store=None) -> dict[str, list[int]]:
+        """Give every input the output of each frozen tower of ``model`` (an IIER): from
+        ``store`` (a :class:`vpmel.features.FeatureStore`) where it has them, else by
+        running the tower once. Returns {"text"/"vision": [rows from the store, rows
+        computed]} for the towers that are frozen."""
+        from vpmel.features import fill_images, fill_texts
+
+        done: dict[str, list[int]] = {}
         if model.text_frozen:
-            self.mentions.texts.cache(model.text_hidden, batch_size, model.device)
-            self.entities.texts.cache(model.text_hidden, batch_size, model.device)
-            done.append("text")
+            counts = [fill_texts(s.texts, model, store, batch_size) for s in self._sides()]
+            done["text"] = [sum(c[0] for c in counts), sum(c[1] for c in counts)]
         if model.vision_frozen:
-            self.mentions.images.cache(model.vision_hidden, batch_size, model.device)
-            self.entities.images.cache(model.vision_hidden, batch_size, model.device)
-            done.append("vision")
+            counts = [fill_images(s.images, model, store, batch_size) for s in self._sides()]
+            done["vision"] = [sum(c[0] for c in counts), sum(c[1] for c in counts)]
         return done
+
+    def _sides(self) -> tuple[Side, Side]:
+        return self.mentions, self.entities
 
     def image_problems(self) -> dict[str, dict[str, str]]:
         """{"mentions": {id: reason}, "entities": {qid: reason}} for the quality report."""

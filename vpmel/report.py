@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from vpmel.metrics import KS
+from vpmel.stats import mcnemar_exact, paired_bootstrap, seed_summary
 from vpmel.subsets import LABELS, SUBSETS, subset_key
 
 matplotlib.use("Agg")
@@ -30,15 +31,66 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
-def metrics_table(results: Mapping[str, Mapping[str, float] | None], split: str = "test") -> str:
-    """One row per method: H@1..H@20 and MRR on ``split`` (missing runs say so)."""
+def metrics_table(
+    results: Mapping[str, Mapping[str, float] | None],
+    split: str = "test",
+    sds: Mapping[str, Mapping[str, float] | None] | None = None,
+) -> str:
+    """One row per method: H@1..H@20 and MRR on ``split`` (missing runs say so); with the
+    method's sd over seeds in ``sds``, each cell reads ``mean ± sd``."""
     rows = []
     for name, metrics in results.items():
+        sd = (sds or {}).get(name)
         if metrics is None:
             rows.append([name, *(["not run"] * len(COLUMNS))])
+        elif sd:
+            rows.append([name, *(f"{float(metrics[c]):.2f} ± {float(sd[c]):.2f}" for c in COLUMNS)])
         else:
             rows.append([name, *(float(metrics[c]) for c in COLUMNS)])
     return markdown_table(["method", *COLUMNS], rows)
+
+
+def seed_ranks(table: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Gold ranks [mention id × seed] of ``split`` from a ranks table (columns id, split,
+    rank, and seed when there are several)."""
+    t = table[table["split"] == split]
+    if "seed" not in t.columns:
+        t = t.assign(seed=0)
+    return t.pivot(index="id", columns="seed", values="rank").sort_index()
+
+
+def comparison_table(ranks: Mapping[str, pd.DataFrame], reference: str) -> str:
+    """Each method against ``reference`` on the mentions both ranked: H@1 and MRR as mean ±
+    sd over its seeds, the paired-bootstrap 95% CI of the difference (seed-averaged, over
+    mentions; :mod:`vpmel.stats`) and McNemar's exact p on H@1 (majority over seeds). A
+    difference whose CI contains 0 reads "no difference"."""
+    ref = ranks[reference]
+    header = ["method", "seeds", "n", "H@1", "MRR", f"ΔH@1 vs {reference} [95% CI]",
+              "ΔMRR [95% CI]", "McNemar p (H@1)", "H@1 verdict"]  # fmt: skip
+    rows = []
+    for name, table in ranks.items():
+        ids = ref.index.intersection(table.index)
+        a = table.loc[ids].to_numpy(dtype=float).T  # [seeds, n]
+        b = ref.loc[ids].to_numpy(dtype=float).T
+        h1 = seed_summary([100.0 * float((r <= 1).mean()) for r in a])
+        mrr = seed_summary([100.0 * float((1.0 / r).mean()) for r in a])
+        row: list[object] = [name, len(a), len(ids), _pm(h1, len(a)), _pm(mrr, len(a))]
+        if name == reference:
+            row += ["—", "—", "—", "reference"]
+        else:
+            d1, dm = paired_bootstrap(a, b, "H@1"), paired_bootstrap(a, b, "MRR")
+            _, _, p = mcnemar_exact(a, b)
+            verdict = (
+                "no difference" if not d1.significant else ("higher" if d1.delta > 0 else "lower")
+            )
+            row += [str(d1), str(dm), f"{p:.3g}", verdict]
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def _pm(summary: tuple[float, float], seeds: int) -> str:
+    mean, sd = summary
+    return f"{mean:.1f} ± {sd:.1f}" if seeds > 1 else f"{mean:.1f}"
 
 
 def subset_table(results: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> str:
@@ -66,27 +118,30 @@ def subset_table(results: Mapping[str, Mapping[str, Any] | None], split: str = "
 
 
 def read_live(folder: Path) -> dict[str, pd.DataFrame]:
-    """dvclive's per-step TSVs (``plots/metrics/<group>/<name>.tsv``) by ``group/name``."""
-    out = {}
-    for tsv in sorted(Path(folder).glob("plots/metrics/*/*.tsv")):
-        out[f"{tsv.parent.name}/{tsv.stem}"] = pd.read_csv(tsv, sep="\t")
-    return out
+    """dvclive's per-step TSVs under ``plots/metrics/`` by their path without ``.tsv``
+    (``seed_0/dev/MRR``; ``dev/MRR`` for a run without seeds)."""
+    root = Path(folder) / "plots" / "metrics"
+    return {
+        str(tsv.relative_to(root).with_suffix("")): pd.read_csv(tsv, sep="\t")
+        for tsv in sorted(root.rglob("*.tsv"))
+    }
 
 
 def plot_training(curves: Mapping[str, pd.DataFrame], path: Path) -> None:
-    """Training losses and dev H@k/MRR per epoch."""
+    """Training loss L and dev MRR / H@1 per epoch, one line per seed."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, df in curves.items():
-        group, name = key.split("/", 1)
+        *seed, group, name = key.split("/")
+        tag = f" ({seed[0].replace('_', ' ')})" if seed else ""
         value = df.columns[-1]
-        if group == "train":
-            left.plot(df["step"] + 1, df[value], label=name)
-        elif name in ("H@1", "H@5", "H@20", "MRR"):
-            right.plot(df["step"] + 1, df[value], label=name)
+        if group == "train" and name == "L":
+            left.plot(df["step"] + 1, df[value], label=f"L{tag}")
+        elif group == "dev" and name in ("H@1", "MRR"):
+            right.plot(df["step"] + 1, df[value], marker=".", label=f"{name}{tag}")
     left.set(title="IIER training loss", xlabel="epoch")
-    right.set(title="dev (whole KB)", xlabel="epoch", ylabel="%")
+    right.set(title="dev (whole KB; the selection metric)", xlabel="epoch", ylabel="%")
     for ax in (left, right):
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from vpmel.boxes import iou
+from vpmel.label_studio import apply_human_boxes, human_decisions
 from vpmel.prompts import PromptStyle, draw_prompt
 from vpmel.split import SPLITS, split_by_pair
 
@@ -53,6 +54,37 @@ def select(
     ``entailment`` has columns id, entailed (bool), probability; ``grounding`` has id,
     auto_box (list or None), ground_score. The dropped list names each mention and why.
     """
+    kept, counts, dropped, _ = _select(mentions, entailment, grounding, kb, cfg, None)
+    return kept, counts, dropped
+
+
+def select_human(
+    mentions: pd.DataFrame,
+    entailment: pd.DataFrame,
+    grounding: pd.DataFrame,
+    kb: pd.DataFrame,
+    cfg: BuildConfig,
+    human: pd.DataFrame,
+) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame, pd.DataFrame]:
+    """:func:`select` with human verification (paper §3; ``vpmel annotate import``).
+
+    Of the mentions that reach the IoU filter, those the annotators marked unrelated are
+    dropped (step ``human_dropped_unrelated``), a human box replaces the reference box the
+    automatic box must reach IoU >= ``iou_min`` with, and a human type replaces the KB's.
+    Mentions without a human decision are filtered as before. The fourth table lists what
+    was done with every mention under review (vpmel.label_studio.human_decisions).
+    """
+    return _select(mentions, entailment, grounding, kb, cfg, human)
+
+
+def _select(
+    mentions: pd.DataFrame,
+    entailment: pd.DataFrame,
+    grounding: pd.DataFrame,
+    kb: pd.DataFrame,
+    cfg: BuildConfig,
+    human: pd.DataFrame | None,
+) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame, pd.DataFrame | None]:
     df = mentions.merge(entailment[["id", "entailed", "probability"]], on="id", how="left")
     df = df.merge(grounding[["id", "auto_box", "ground_score"]], on="id", how="left")
     if df["entailed"].isna().any():
@@ -70,6 +102,12 @@ def select(
     no_box = df["auto_box"].isna()
     drop(no_box, "grounding_failed")
     df = df[~no_box].copy()
+    if human is not None:  # the annotators' relatedness and boxes (§3, steps 1-3)
+        df = apply_human_boxes(df, human)
+        unrelated = df["human_related"].eq(False)
+        drop(unrelated, "human_dropped_unrelated")
+        unrelated_rows = df[unrelated]
+        df = df[~unrelated].copy()
     df["has_reference"] = df["box"].notna()
     df["iou"] = [
         iou(a, r) if r is not None else np.nan
@@ -77,17 +115,37 @@ def select(
     ]
     low = df["has_reference"] & (df["iou"] < cfg.iou_min)
     drop(low, "iou_dropped")
+    reviewed = df
     df = df[~low].copy()
     counts["kept"] = len(df)
     counts["kept_without_reference"] = int((~df["has_reference"]).sum())
 
     kb_types = kb.set_index("qid")["type"]
     df["type"] = df["qid"].map(kb_types).fillna(df["type"])
+    decisions = None
+    if human is not None:  # the annotators' type (§3, step 4) over the KB's
+        df["auto_type"] = df["type"]
+        df["type"] = df["human_type"].where(df["human_type"].map(_is_text), df["type"])
+        low_ids = set(reviewed.loc[low, "id"])
+        reviewed = pd.concat([unrelated_rows, reviewed])
+        reviewed["auto_type"] = reviewed["qid"].map(kb_types).fillna(reviewed["type"])
+        reviewed["type"] = reviewed["id"].map(df.set_index("id")["type"])
+        earlier = pd.concat(dropped[:2]).set_index("id")["step"].to_dict()
+        decisions = human_decisions(
+            reviewed, set(df["id"]), set(unrelated_rows["id"]), low_ids, human, earlier
+        )
+        # the votes are listed in the decisions; the kept table keeps the types and boxes
+        df = df.drop(columns=["human_related", "human_box", "annotators", "related_votes",
+                              "unrelated_votes"])  # fmt: skip
     df["entity_name"] = df["qid"].map(kb.set_index("qid")["name"])
     df["split"] = split_by_pair(df["pair_id"], cfg.ratios, cfg.seed) if len(df) else []
     for name in SPLITS:
         counts[f"kept_{name}"] = int((df["split"] == name).sum())
-    return df.reset_index(drop=True), counts, pd.concat(dropped, ignore_index=True)
+    return df.reset_index(drop=True), counts, pd.concat(dropped, ignore_index=True), decisions
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
 def prompted_image_path(split: str, mention_id: str) -> str:
