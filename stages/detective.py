@@ -1,9 +1,9 @@
 """DVC stage `detective`: instruction data from the train split; tune Detective-VLM.
 
 Builds one instruction per train mention with the paper's template (§5.2) and writes them to
-`data/detective/instructions.jsonl`; tunes the model `detective.model` names — `demo` (a
-tiny LLaVA built from config, vision tower from `models/encoder`, tokenizer from the
-world's vocabulary) or any image-text-to-text checkpoint (full or LoRA) — and writes it to
+`data/detective/instructions.jsonl`; tunes the model `detective.model` names — `demo` (the
+tiny LLaVA pretrained by the `detective_base` stage, read from `models/detective_base`) or
+any image-text-to-text checkpoint (full or LoRA) — and writes it to
 `models/detective/` (see `vpmel.detective`). Tuning statistics go to
 `reports/detective_tuning.json`, its wall times to `reports/timings/detective.json`.
 Multi-GPU: `accelerate launch -m stages.detective`.
@@ -31,17 +31,13 @@ from vpmel.detective import (
     DEMO,
     PROMPT_FORMATS,
     DetectiveMeta,
-    build_demo_tokenizer,
-    build_demo_vlm,
-    demo_corpus,
-    demo_vlm_config,
     instruction_records,
     load_pretrained,
     save_detective,
 )
 from vpmel.detective_training import TuneConfig, tune
 from vpmel.params import PARAMS_FILE, load_params
-from vpmel.schema import ENTITY_TYPES, read_kb
+from vpmel.schema import ENTITY_TYPES
 from vpmel.timings import stage_timer
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -56,8 +52,9 @@ def usable(mentions: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 @app.command()
 def main(
     vpwiki: Path = typer.Option(Path("data/vpwiki"), help="the VPWiki dataset folder"),
-    dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset (its KB)"),
-    encoder_dir: Path = typer.Option(Path("models/encoder"), help="demo vision tower source"),
+    base_dir: Path = typer.Option(
+        Path("models/detective_base"), help="the demo's pretrained base (stage detective_base)"
+    ),
     instructions: Path = typer.Option(Path("data/detective/instructions.jsonl")),
     out: Path = typer.Option(Path("models/detective"), help="the tuned model folder"),
     reports: Path = typer.Option(Path("reports")),
@@ -89,21 +86,19 @@ def main(
             cross = dict(p.get("cross_fit") or {})
             folds = int(cross.get("folds", 0) or 0)
             if p["model"] == DEMO:
-                kb = read_kb(dataset)
-                tokenizer = build_demo_tokenizer(demo_corpus(kb["name"], train["sentence"]))
-                encoder = encoder_dir if (encoder_dir / "vision").is_dir() else None
-                if encoder is None:
-                    console.print(f"detective: no encoder at {encoder_dir}; fresh vision tower")
-                base, dtype = "base", "float32"
+                if not (base_dir / "config.json").is_file():
+                    raise FileNotFoundError(
+                        f"{base_dir}: no pretrained demo base; run `dvc repro detective_base`"
+                    )
+                source, base, dtype = base_dir, "base", "float32"
             else:
+                source = p["model"]
                 base, dtype = str(p["model"]), str(p.get("dtype", "auto"))
 
             def fresh() -> tuple[Any, Any]:
                 """The untuned model (the same for the final and each cross-fitting fold)."""
                 torch.manual_seed(int(p["seed"]))
-                if p["model"] == DEMO:
-                    return build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder)
-                return load_pretrained(p["model"], bool(p.get("trust_remote_code", False)), dtype)
+                return load_pretrained(source, bool(p.get("trust_remote_code", False)), dtype)
 
             model, processor = fresh()
         console.print(

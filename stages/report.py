@@ -32,6 +32,37 @@ from vpmel.report import (
 )
 from vpmel.schema import read_kb
 
+DETECTIVE_NOTE = (
+    "Exact match (%) of the answer's name and type. Train: the answers IIER trains on "
+    "(`out_of_fold`: each from a model tuned on the other folds; `final`: the model itself). "
+    "Parsed / raw text / empty: shares of test answers that parse into `{name} {type}`, that "
+    "IIER reads as raw text (no type found: the untuned base's free text, which is what "
+    'IIER‡ measures), and that are empty (m_w = ""). IIER reads the tuned answers, IIER‡ '
+    "the untuned ones, IIER† and IIER* none."
+)
+DETECTIVE_COLUMNS = [
+    "model", "train answers", "train name", "dev name", "dev type", "test name", "test type",
+    "test name (in caption)", "test name (not in caption)", "parsed", "raw text", "empty",
+]  # fmt: skip
+
+
+def detective_row(label: str, d: dict[str, Any]) -> list[Any]:
+    """One Detective-VLM row (percentages) from an answers report (reports/detective.json)."""
+
+    def pct(part: dict[str, Any] | None, key: str) -> float | str:
+        value = (part or {}).get(key)
+        return "—" if value is None else 100 * float(value)
+
+    return [
+        label,
+        d.get("train_answers", ""),
+        pct(d.get("train"), "name_accuracy"),
+        *(pct(d.get(s), k) for s in ("dev", "test") for k in ("name_accuracy", "type_accuracy")),
+        *(pct(d.get(f"test_{sub}"), "name_accuracy") for sub in ("named", "unnamed")),
+        *(pct(d.get("test"), k) for k in ("parsed", "raw_text", "empty")),
+    ]
+
+
 app = typer.Typer(add_completion=False, help=__doc__)
 
 BASELINES = {
@@ -154,15 +185,14 @@ def main(
     md += ["![entity types](vpwiki_types.png)", "", "![prompted images](vpwiki_contact_sheet.png)",
            ""]  # fmt: skip
 
-    md += ["## Detective-VLM (§5.2): exact match on dev / test", ""]
+    md += ["## Detective-VLM (§5.2): exact match on dev / test", "", DETECTIVE_NOTE, ""]
     rows = []
     for label, path in (("tuned", reports / "detective.json"),
                         ("untuned (base)", reports / "untuned/detective.json")):  # fmt: skip
         d = _json(path)
         if d:
-            rows.append([label, *(100 * float(d[s][k]) for s in ("dev", "test")
-                                  for k in ("name_accuracy", "type_accuracy"))])  # fmt: skip
-    md += [markdown_table(["model", "dev name", "dev type", "test name", "test type"], rows), ""]
+            rows.append(detective_row(label, d))
+    md += [markdown_table(DETECTIVE_COLUMNS, rows), ""]
 
     baselines = _json(reports / "baselines.json") or {}
     # every method's whole metrics file (None: not run), in table order; IIER (full) last

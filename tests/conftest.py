@@ -1,4 +1,5 @@
-"""Shared test helpers: small images of every kind real datasets contain; one torch thread."""
+"""Shared test helpers: small images of every kind real datasets contain; a six-entity KB of
+coloured shapes; one torch thread."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+
+from vpmel.schema import KB_FILE, KB_SCHEMA, write_table
 
 
 def write_image(path: Path, kind: str = "rgb", size: tuple[int, int] = (40, 30)) -> Path:
@@ -72,3 +75,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# six KB entities, each a coloured shape on white (the demo models' smallest world)
+KB_SHAPES = [
+    ("red circle", (220, 30, 30), "ellipse"),
+    ("blue square", (30, 30, 220), "rectangle"),
+    ("green circle", (30, 180, 30), "ellipse"),
+    ("yellow square", (230, 210, 20), "rectangle"),
+    ("black circle", (10, 10, 10), "ellipse"),
+    ("purple square", (140, 30, 160), "rectangle"),
+]
+
+
+@pytest.fixture(scope="module")
+def kb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset folder with a six-entity KB of coloured shapes on white."""
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "images" / "kb").mkdir(parents=True)
+    rows = []
+    for k, (name, colour, shape) in enumerate(KB_SHAPES):
+        image = Image.new("RGB", (40, 40), (255, 255, 255))
+        draw = getattr(ImageDraw.Draw(image), shape)
+        draw([6, 6, 33, 33], fill=colour, outline=(0, 0, 0))
+        rel = f"images/kb/Q{k}.png"
+        image.save(root / rel)
+        rows.append(
+            {
+                "qid": f"Q{k}",
+                "name": name,
+                "type": "Misc",
+                "description": f"a {name} drawn on white",
+                "images": [rel],
+            }
+        )
+    write_table(rows, KB_SCHEMA, root / KB_FILE)
+    return root

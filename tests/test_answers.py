@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from stages.answers import app
 from vpmel.answers import (
     AnswerCache,
+    answer_forms,
     answers_table,
     exact_match,
     fill_cache,
@@ -29,6 +30,7 @@ from vpmel.detective import (
     demo_corpus,
     save_detective,
 )
+from vpmel.iier_data import answer_strings
 
 
 def mentions(n: int = 10) -> pd.DataFrame:
@@ -107,6 +109,10 @@ def test_parsed_columns_and_metrics() -> None:
         "name_accuracy": 0.75,
         "type_accuracy": 0.25,
         "unparsed_type": 0,
+        # m1 has a type but no name: IIER reads its raw text
+        "parsed": 0.75,
+        "raw_text": 0.25,
+        "empty": 0.0,
     }
     assert scores["test"]["name_accuracy"] == 0.75 and scores["test"]["unparsed_type"] == 1
     with pytest.raises(ValueError, match="no answer"):
@@ -232,3 +238,23 @@ def test_folds_keep_pairs_together_and_are_seeded() -> None:
     assert fold[0] == fold[1] and fold[3] == fold[4]
     assert sorted(set(fold)) == [0, 1]
     assert (fold == fold_of(pairs, 2, seed=0)).all()
+
+
+def test_unparsed_answers_reach_iier_as_raw_text_and_are_counted() -> None:
+    """IIER‡ measures an untuned VLM's free text: an answer without one of the seven types is
+    fed raw (whitespace-normalised), never dropped; only an empty answer gives m_w = ""."""
+    table = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "split": ["dev"] * 4,
+            "raw": ["Germany  Country", "the red box shows\n a flag.", "  ", "tuba"],
+            "name": ["Germany", "the red box shows", None, "tuba"],
+            "type": ["Country", None, None, None],
+        }
+    )
+    assert answer_strings(table) == {
+        "a": "Germany Country",
+        "b": "the red box shows a flag.",
+        "d": "tuba",
+    }
+    assert answer_forms(table) == {"parsed": 0.25, "raw_text": 0.5, "empty": 0.25}

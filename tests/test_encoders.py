@@ -44,7 +44,7 @@ from vpmel.encoders import (
     resolve_encoder,
 )
 from vpmel.prompts import PromptStyle
-from vpmel.schema import KB_FILE, KB_SCHEMA, write_table
+from vpmel.schema import KB_FILE
 
 TINY = DemoEncoderConfig(
     image_size=32,
@@ -55,21 +55,13 @@ TINY = DemoEncoderConfig(
     intermediate_size=64,
     projection_dim=16,
 )
-SHAPES = [
-    ("red circle", (220, 30, 30), "ellipse"),
-    ("blue square", (30, 30, 220), "rectangle"),
-    ("green circle", (30, 180, 30), "ellipse"),
-    ("yellow square", (230, 210, 20), "rectangle"),
-    ("black circle", (10, 10, 10), "ellipse"),
-    ("purple square", (140, 30, 160), "rectangle"),
-]
 
 
 def _steps(n: int, seed: int = 0) -> TrainConfig:
     return TrainConfig(
         seed=seed,
         steps=n,
-        batch_size=len(SHAPES),
+        batch_size=6,  # the shapes KB (conftest.kb_root)
         lr=3e-3,
         warmup_steps=2,
         background_bank=8,
@@ -79,31 +71,6 @@ def _steps(n: int, seed: int = 0) -> TrainConfig:
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def kb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dataset folder with a six-entity KB of coloured shapes on white."""
-    root = tmp_path_factory.mktemp("dataset")
-    (root / "images" / "kb").mkdir(parents=True)
-    rows = []
-    for k, (name, colour, shape) in enumerate(SHAPES):
-        image = Image.new("RGB", (40, 40), (255, 255, 255))
-        draw = getattr(ImageDraw.Draw(image), shape)
-        draw([6, 6, 33, 33], fill=colour, outline=(0, 0, 0))
-        rel = f"images/kb/Q{k}.png"
-        image.save(root / rel)
-        rows.append(
-            {
-                "qid": f"Q{k}",
-                "name": name,
-                "type": "Misc",
-                "description": f"a {name} drawn on white",
-                "images": [rel],
-            }
-        )
-    write_table(rows, KB_SCHEMA, root / KB_FILE)
-    return root
 
 
 @pytest.fixture(scope="module")

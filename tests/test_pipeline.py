@@ -37,6 +37,7 @@ TINY = {
         "threads": 1,
         "demo": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
         "train": {"epochs": 1, "batch_size": 8},
+        "pretrain": {"examples": 32, "epochs": 1, "batch_size": 8, "heldout": 4},
     },
     "answers": {"threads": 1, "batch_size": 16, "max_new_tokens": 6},
     "train": {
@@ -197,7 +198,8 @@ def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]
     timing_like = {k for k in keys if k.endswith(("_s", "seconds", "per_s", "per_second"))}
     assert not timing_like, timing_like
     timings = {p.stem for p in (repo / "reports/timings").rglob("*.json")}
-    assert {"world", "import", "encoders", "features", "train", "evaluate", "baselines"} <= timings
+    assert {"world", "import", "encoders", "detective_base", "features", "train"} <= timings
+    assert {"evaluate", "baselines"} <= timings
     for png in ("report_hits.png", "report_training.png", "report_cases.png"):
         assert (repo / "reports" / png).stat().st_size > 0
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from vpmel.detective import format_prompt, normalise, parse_answer, render_instruction
 from vpmel.detective import image_token as processor_image_token
 from vpmel.detective_training import load_image
+from vpmel.subsets import named_mentions, subset_key
 
 CACHE_SCHEMA = pa.schema(
     [
@@ -248,7 +249,8 @@ def exact_match(
 ) -> dict[str, dict[str, float | int]]:
     """Exact-match accuracy (case/space-normalised) of name and type per split."""
     gold = mentions[["id", "split", "entity_name", "type"]].astype({"id": str})
-    both = gold.merge(answers[["id", "name", "type"]], on="id", suffixes=("_gold", ""))
+    columns = ["id", "name", "type"] + (["raw"] if "raw" in answers.columns else [])
+    both = gold.merge(answers[columns], on="id", suffixes=("_gold", ""))
     result: dict[str, dict[str, float | int]] = {}
     for split in splits:
         part = both[both["split"] == split]
@@ -260,8 +262,20 @@ def exact_match(
             "name_accuracy": round(sum(name_ok) / n, 4) if n else 0.0,
             "type_accuracy": round(sum(type_ok) / n, 4) if n else 0.0,
             "unparsed_type": int(part["type"].isna().sum()),
+            **answer_forms(part),
         }
     return result
+
+
+def answer_forms(part: pd.DataFrame) -> dict[str, float]:
+    """Shares of answers that parse into name and type, that IIER reads as raw text (no
+    type found), and that are empty."""
+    n = len(part)
+    raw = part["raw"] if "raw" in part.columns else pd.Series([""] * n, index=part.index)
+    empty = ~raw.map(lambda r: isinstance(r, str) and bool(r.strip()))
+    parsed = part["name"].notna() & part["type"].notna() & ~empty
+    share = (lambda mask: round(float(mask.sum()) / n, 4)) if n else (lambda mask: 0.0)
+    return {"parsed": share(parsed), "raw_text": share(~parsed & ~empty), "empty": share(empty)}
 
 
 def _matches(predicted: pd.Series, gold: pd.Series) -> list[bool]:
@@ -275,4 +289,13 @@ def _matches(predicted: pd.Series, gold: pd.Series) -> list[bool]:
 def metrics_report(
     answers: pd.DataFrame, mentions: pd.DataFrame, info: Mapping[str, Any]
 ) -> dict[str, Any]:
-    return {**info, **exact_match(answers, mentions, ("train", "dev", "test"))}
+    """Exact match per split; for dev and test also on the mentions whose gold name is in
+    the caption and those where it is not (:mod:`vpmel.subsets`; the VLM must then see it)."""
+    report = {**info, **exact_match(answers, mentions, ("train", "dev", "test"))}
+    if {"sentence", "qid", "entity_name"} <= set(mentions.columns):
+        kb = mentions[["qid", "entity_name"]].dropna().drop_duplicates("qid")
+        named = named_mentions(mentions, kb.rename(columns={"entity_name": "name"}))
+        for subset, mask in (("named", named), ("unnamed", ~named)):
+            part = exact_match(answers, mentions[mask], ("dev", "test"))
+            report |= {subset_key(split, subset): v for split, v in part.items()}
+    return report

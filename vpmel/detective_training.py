@@ -145,8 +145,11 @@ def prompt_length(processor: Any, prompt: str, ids: torch.Tensor, image: Image.I
     return n
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB image; a missing or unreadable file is a clear error, never a blank image."""
+def load_image(path: str | Path | Image.Image) -> Image.Image:
+    """An RGB image (a path, or an image already in memory); a missing or unreadable file is
+    a clear error, never a blank image."""
+    if isinstance(path, Image.Image):
+        return path.convert("RGB")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
@@ -155,13 +158,14 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 class InstructionDataset(Dataset):
-    """Records ``{image, prompt, answer}`` encoded on the fly (images read lazily), or once
-    and kept in memory with ``keep``."""
+    """Records ``{image, prompt, answer}`` encoded on the fly (images read lazily, or drawn
+    by a lazy sequence such as the pretraining corpus), or once and kept in memory with
+    ``keep``."""
 
     def __init__(
-        self, records: Sequence[Mapping[str, str]], processor: Any, keep: bool = False
+        self, records: Sequence[Mapping[str, Any]], processor: Any, keep: bool = False
     ) -> None:
-        self.records = list(records)
+        self.records = records if isinstance(records, Sequence) else list(records)
         self.processor = processor
         self.kept: dict[int, dict[str, torch.Tensor]] | None = {} if keep else None
 

@@ -48,18 +48,25 @@ class InputConfig:
 
 
 def answer_strings(answers: pd.DataFrame) -> dict[str, str]:
-    """Mention id → ``"{name} {type}"`` from the answers table (id, raw, name, type).
+    """Mention id → ``m_w`` from the answers table (id, raw, name, type).
 
-    A NIL / empty answer (both fields null or blank) gives no entry, i.e. ``m_w = ""``.
+    An answer that parses (a name and one of the seven types) gives ``"{name} {type}"``; one
+    that does not (an untuned VLM's free text, the paper's IIER‡) gives its raw text,
+    whitespace-normalised — never dropped, since that noise is what IIER‡ measures; an empty
+    answer gives no entry, i.e. ``m_w = ""``.
     """
-    for column in ("id", "name", "type"):
+    for column in ("id", "raw", "name", "type"):
         if column not in answers.columns:
             raise ValueError(f"answers table lacks column {column!r}")
     out: dict[str, str] = {}
     for row in answers.itertuples(index=False):
-        parts = [str(x).strip() for x in (row.name, row.type) if isinstance(x, str) and x.strip()]
-        if parts:
-            out[str(row.id)] = " ".join(parts)
+        name, kind = (x.strip() if isinstance(x, str) else "" for x in (row.name, row.type))
+        if name and kind:
+            out[str(row.id)] = f"{name} {kind}"
+        elif isinstance(row.raw, str) and row.raw.strip():
+            out[str(row.id)] = " ".join(row.raw.split())
+        elif name or kind:
+            out[str(row.id)] = name or kind
     return out
 
 
