@@ -40,6 +40,7 @@ from vpmel.params import PARAMS_FILE, load_params
 from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
+from vpmel.world.generate import WorldConfig, vocabulary_sentences
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -71,7 +72,8 @@ def main(
             return
         kb = read_kb(dataset)
         images = EntityImages.from_kb(kb, dataset)
-        tokenizer = build_demo_tokenizer(corpus_vocabulary(kb))
+        world = WorldConfig(**(load_params(None, params_file).get("world") or {}))
+        tokenizer = build_demo_tokenizer(corpus_vocabulary(kb, vocabulary_sentences(world)))
         torch.manual_seed(cfg.seed)
         model, processor = build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder_dir)
         token = processor_image_token(processor)

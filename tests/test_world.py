@@ -16,6 +16,7 @@ from vpmel.schema import ENTITY_TYPES
 from vpmel.world import WorldConfig, generate_world, plan_world, world_contact_sheet, world_digest
 from vpmel.world.captions import compose_caption, fill, lead_in, phrase
 from vpmel.world.emoji import load_catalogue, select_kb, short_alias
+from vpmel.world.generate import vocabulary_sentences
 
 TINY = dict(kb_size=60, n_scenes=30, scene_width=96, scene_height=72, defect_rate=0.15)
 DEFECTS = {"nil_answer", "qid_not_in_kb", "missing_image", "unreadable_image"}
@@ -367,3 +368,13 @@ def test_world_stage_writes_sizes_and_its_wall_time_apart(tmp_path: Path) -> Non
     assert not [k for k in sizes if "second" in k or k.endswith("_s")]  # a metric: no times
     timing = json.loads((reports / "timings" / "world.json").read_text())
     assert timing["stage"] == "world" and timing["wall_s"] >= timing["work_s"] >= 0
+
+
+def test_vocabulary_sentences_come_from_another_world() -> None:
+    """The demo VLM's tokenizer takes words from a world planned from another seed (and the
+    whole catalogue), never from the records the world stage writes."""
+    cfg = WorldConfig(seed=3, kb_size=60, n_scenes=40)
+    words = vocabulary_sentences(cfg, n_scenes=40)
+    own = [record.caption for record in plan_world(cfg).records]
+    assert len(words) > 40 and words[:40] != own
+    assert {e.name for e in load_catalogue()} <= set(words)

@@ -142,16 +142,21 @@ class PretrainingCorpus(Sequence[dict[str, Any]]):
         return (self[i] for i in range(len(self)))
 
 
-def corpus_vocabulary(kb: pd.DataFrame) -> list[str]:
+def corpus_vocabulary(kb: pd.DataFrame, sentences: Sequence[str] = ()) -> list[str]:
     """Every text the base may read or write, for the word-level tokenizer: each template
     filled for every entity, and (:func:`vpmel.detective.demo_corpus`) the instruction
-    template around each entity name — its words, and each name's first word as it follows
-    the opening quote — and the seven types; never an answer."""
+    template around each entity name and each of ``sentences`` — their words, including
+    each first word as it follows the opening quote — and the seven types; never an answer.
+
+    ``sentences`` give the tokenizer the words captions use (see
+    :func:`vpmel.world.generate.vocabulary_sentences`): a real VLM's tokenizer covers a
+    language; a word-level one covers only what it was built from, and a caption read as
+    ``<unk>`` in every fifth word cannot be copied from."""
     texts: list[str] = []
     for i in range(len(kb)):
         texts.extend(_fill(t, kb, i) for t in (*REGION_TEXTS, *VIEW_TEXTS))
     texts.extend(t.format(names="a, b and c") for t in SCENE_TEXTS)
-    return demo_corpus(texts, [str(n) for n in kb["name"]])
+    return demo_corpus(texts, [*(str(n) for n in kb["name"]), *sentences])
 
 
 def names_region(generated: str, name: str) -> bool:

@@ -371,6 +371,20 @@ def plan_world(cfg: WorldConfig, progress: bool = False) -> WorldPlan:
     return WorldPlan(cfg, kb, _assign_defects(cfg, records))
 
 
+VOCABULARY_SEED_OFFSET = 1_000_003  # another world's records: never one of the demo world's
+
+
+def vocabulary_sentences(cfg: WorldConfig, n_scenes: int = 4000) -> list[str]:
+    """Words for a tokenizer, never a record of the world ``cfg`` makes: the captions of a
+    world planned from another seed (``cfg.seed + VOCABULARY_SEED_OFFSET``), and every
+    catalogue name and alias. Only their words are used (the demo VLM's vocabulary), no model
+    is trained on these texts."""
+    other = replace(cfg, seed=cfg.seed + VOCABULARY_SEED_OFFSET, n_scenes=n_scenes)
+    captions = [record.caption for record in plan_world(other).records]
+    catalogue = load_catalogue()
+    return [*captions, *(e.name for e in catalogue), *(e.alias for e in catalogue if e.alias)]
+
+
 # ---------------------------------------------------------------------------- writing
 
 
