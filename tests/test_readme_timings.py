@@ -56,7 +56,7 @@ def test_table_replaces_the_marked_block_in_dvc_order(tmp_path: Path) -> None:
     block = text.split(readme_timings.START)[1].split(readme_timings.END)[0]
     rows = [line.split("|")[1].strip() for line in block.strip().splitlines()[2:]]
     assert rows == ["world", "train", "ablate@a", "ablate@b", "report", "extra", "**total**"]
-    assert "| train | 1 min 35 s | 2 |" in block and "**2 min 24 s**" in block
+    assert "| train | 1 min 35 s | 1 min 35 s | 2 |" in block and "**2 min 24 s**" in block
 
     readme_timings.main([*args, "--dvc-yaml", str(tmp_path / "dvc.yaml")])  # idempotent
     assert readme.read_text() == text

@@ -29,7 +29,7 @@ def test_timing_table_sums_stages(tmp_path: Path) -> None:
     timings = read_timings(tmp_path)
     assert set(timings) == {"world", "train", "ablate@x"}
     table = "\n".join(timing_table(timings))
-    assert "| train | 1 min 35 s |" in table and "**2 min 10 s**" in table
+    assert "| train | 1 min 35 s | 1 min 35 s |" in table and "**2 min 10 s**" in table
     assert timing_table({}) == ["(no stage timings yet: run `dvc repro`)"]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +49,11 @@ def stage_timer(stage: str, folder: Path = TIMINGS_DIR) -> Iterator[dict[str, An
     On success writes ``folder/<stage>.json`` with ``wall_s`` (process start to end),
     ``work_s`` (inside the ``with``), ``cores`` and the added figures; on an exception
     nothing is written, so a failed run never leaves a time that looks like a result."""
-    before = process_seconds()
+    started = getattr(sys.modules.get("stages"), "STARTED", None)
+    # `python -m stages.x` imports the `stages` package first: its import time is this
+    # program's start. /proc's process start is the fallback: it is too early when a shell
+    # exec'd this program into the process of an earlier command (dvc.yaml's `a && b`).
+    before = time.monotonic() - started if isinstance(started, float) else process_seconds()
     tic = time.perf_counter()
     record: dict[str, Any] = {}
     yield record
@@ -77,16 +82,18 @@ def read_timings(folder: Path = TIMINGS_DIR) -> dict[str, dict[str, Any]]:
 
 
 def timing_table(timings: dict[str, dict[str, Any]]) -> list[str]:
-    """Markdown lines: one row per stage with its wall time, and the total."""
+    """Markdown lines: one row per stage with its time in the stage's work (``work_s``) and
+    from its process start (``wall_s``, imports included), and the total of the former."""
     if not timings:
         return ["(no stage timings yet: run `dvc repro`)"]
-    lines = ["| stage | wall time | cores |", "|---|---:|---:|"]
+    lines = ["| stage | in stage | from process start | cores |", "|---|---:|---:|---:|"]
     total = 0.0
     for stage, record in timings.items():
         wall = float(record.get("wall_s", 0.0))
-        total += wall
-        lines.append(f"| {stage} | {_clock(wall)} | {record.get('cores', '')} |")
-    lines.append(f"| **total** | **{_clock(total)}** | |")
+        work = float(record.get("work_s", wall))
+        total += work
+        lines.append(f"| {stage} | {_clock(work)} | {_clock(wall)} | {record.get('cores', '')} |")
+    lines.append(f"| **total** | **{_clock(total)}** | | |")
     return lines
 
 
