@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_encoders import TINY
 from typer.testing import CliRunner
 
 from stages.detective_base import app
@@ -34,20 +35,10 @@ from vpmel.detective_pretraining import (
     names_region,
 )
 from vpmel.encoder_training import EntityImages
-from vpmel.encoders import DemoEncoderConfig, demo_encoder
+from vpmel.encoders import demo_encoder
 from vpmel.schema import KB_FILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY_ENCODER = DemoEncoderConfig(
-    image_size=32,
-    patch_size=8,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=64,
-    projection_dim=16,
-)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +111,7 @@ def test_names_region_matches_whole_names_only() -> None:
 
 def test_stage_pretrains_a_loadable_base_and_reports(kb_root: Path, tmp_path: Path) -> None:
     encoder = tmp_path / "encoder"
-    demo_encoder(TINY_ENCODER).save(encoder)
+    demo_encoder(TINY).save(encoder)
     params = {
         "prompt": {"shape": "box", "color": "red", "thickness": None},
         "detective": {

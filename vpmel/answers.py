@@ -183,32 +183,29 @@ def fill_cache(
 # ---------------------------------------------------------------------------- generation
 
 
-def model_answer_fn(
+def generate_texts(
     model: Any,
     processor: Any,
-    image_root: Path,
-    prompt_format: str = "plain",
+    prompts: Sequence[str],
+    images: Sequence[Any],
     batch_size: int = 16,
     max_new_tokens: int = 16,
-) -> AnswerFn:
-    """Greedy batched ``generate()`` over rows with ``sentence`` and ``prompted_image``."""
+) -> list[str]:
+    """Greedy batched ``generate()`` continuations of (prompt, image) pairs, new text only."""
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"  # new tokens follow every prompt directly
-    token = processor_image_token(processor)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-
-    @torch.no_grad()
-    def answer(rows: pd.DataFrame) -> list[str]:
-        out: list[str] = []
-        for start in range(0, len(rows), batch_size):
-            batch = rows.iloc[start : start + batch_size]
-            prompts = [
-                format_prompt(processor, render_instruction(s, token), prompt_format)
-                for s in batch["sentence"]
-            ]
-            images = [load_image(Path(image_root) / p) for p in batch["prompted_image"]]
-            inputs = processor(text=prompts, images=images, padding=True, return_tensors="pt")
+    pad_id = tokenizer.pad_token_id
+    out: list[str] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            inputs = processor(
+                text=list(prompts[start : start + batch_size]),
+                images=list(images[start : start + batch_size]),
+                padding=True,
+                return_tensors="pt",
+            )
             inputs = {
                 k: v.to(device, dtype=dtype if v.is_floating_point() else None)
                 for k, v in inputs.items()
@@ -218,12 +215,35 @@ def model_answer_fn(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
-                pad_token_id=tokenizer.pad_token_id
-                if tokenizer.pad_token_id is not None
-                else tokenizer.eos_token_id,
+                pad_token_id=pad_id if pad_id is not None else tokenizer.eos_token_id,
             )
             new = generated[:, inputs["input_ids"].shape[1] :]
             out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+def model_answer_fn(
+    model: Any,
+    processor: Any,
+    image_root: Path,
+    prompt_format: str = "plain",
+    batch_size: int = 16,
+    max_new_tokens: int = 16,
+) -> AnswerFn:
+    """Greedy batched answers (:func:`generate_texts`) for rows with ``sentence`` and
+    ``prompted_image``."""
+    token = processor_image_token(processor)
+
+    def answer(rows: pd.DataFrame) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(rows), batch_size):  # images read one batch at a time
+            batch = rows.iloc[start : start + batch_size]
+            prompts = [
+                format_prompt(processor, render_instruction(s, token), prompt_format)
+                for s in batch["sentence"]
+            ]
+            images = [load_image(Path(image_root) / p) for p in batch["prompted_image"]]
+            out += generate_texts(model, processor, prompts, images, batch_size, max_new_tokens)
         return out
 
     return answer

@@ -25,7 +25,7 @@ the corpus needs no disk and the same seed gives the same corpus.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from vpmel.answers import generate_texts
 from vpmel.detective import demo_corpus, normalise
 from vpmel.encoder_training import (
     Backgrounds,
@@ -138,9 +139,6 @@ class PretrainingCorpus(Sequence[dict[str, Any]]):
         _, image, text, _ = self.example(int(index))
         return {"image": image, "prompt": self.prompt, "answer": text}
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (self[i] for i in range(len(self)))
-
 
 def corpus_vocabulary(kb: pd.DataFrame, sentences: Sequence[str] = ()) -> list[str]:
     """Every text the base may read or write, for the word-level tokenizer: each template
@@ -162,9 +160,7 @@ def corpus_vocabulary(kb: pd.DataFrame, sentences: Sequence[str] = ()) -> list[s
 def names_region(generated: str, name: str) -> bool:
     """Whether a generated text names ``name`` (normalised, as a whole phrase)."""
     text, target = f" {normalise(generated)} ", normalise(name)
-    return bool(target) and any(
-        f"{left}{target}{right}" in text for left in (" ",) for right in (" ", ",", ".")
-    )
+    return bool(target) and any(f" {target}{end}" in text for end in (" ", ",", "."))
 
 
 # ---------------------------------------------------------------------------- the run
@@ -201,43 +197,15 @@ class PretrainConfig:
         return CorpusConfig(self.seed + 1_000_003, self.heldout, (1.0, 0.0, 0.0), views)
 
 
-def generate_texts(
-    model: Any, processor: Any, prompts: Sequence[str], images: Sequence[Image.Image],
-    max_new_tokens: int, batch_size: int = 50,
-) -> list[str]:  # fmt: skip
-    """Greedy continuations of (prompt, image) pairs."""
-    import torch
-
-    tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"
-    out: list[str] = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            inputs = processor(
-                text=list(prompts[start : start + batch_size]),
-                images=list(images[start : start + batch_size]),
-                return_tensors="pt",
-                padding=True,
-            )
-            generated = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
-            new = generated[:, inputs["input_ids"].shape[1] :]
-            out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
-    return out
-
-
 def region_naming(
     model: Any, processor: Any, corpus: PretrainingCorpus, max_new_tokens: int
 ) -> dict[str, Any]:
     """How often the base names the marked entity of fresh region scenes, given the image
     alone (``<image>`` prompt), and a few of its texts."""
     examples = [corpus.example(i) for i in range(len(corpus))]
-    texts = generate_texts(
-        model, processor, [corpus.prompt] * len(examples), [e[1] for e in examples],
-        max_new_tokens,
-    )  # fmt: skip
+    images = [e[1] for e in examples]
+    texts = generate_texts(model, processor, [corpus.prompt] * len(examples), images, 50,
+                           max_new_tokens)  # fmt: skip
     names = [str(corpus.kb.at[e[3], "name"]) for e in examples]
     hits = [names_region(t, n) for t, n in zip(texts, names, strict=True)]
     return {
