@@ -361,13 +361,8 @@ class IIER(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
+        check_towers(cfg, encoder)
         vision = encoder.vision_model.config
-        bad = [x for x in cfg.cls_layers if not 0 <= x <= vision.num_hidden_layers]
-        if bad:
-            raise ValueError(
-                f"cls_layers {list(cfg.cls_layers)}: {bad} not in 0..{vision.num_hidden_layers}"
-                " (0 = embeddings, l = output of block l)"
-            )
         width = vision.hidden_size
         self.visual = VisualEncoder(width, cfg.cls_layers, cfg.d_v, cfg.mlp_hidden or width)
         text_width = encoder.text_model.config.hidden_size
@@ -575,6 +570,27 @@ class IIER(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{folder / HEAD_FILE}: missing {missing}, unexpected {unexpected}")
         return model.eval(), meta.get("extra", {})
+
+
+def check_towers(cfg: IIERConfig, encoder: ImageTextEncoder) -> None:
+    """Settings the towers cannot serve, each one line naming the ``train`` param to change:
+    CLS layers the vision tower does not have, and [CLS] pooling on a causal text tower
+    (CLIP's: position 0 sees only itself, so T^G would be the same for every input)."""
+    from vpmel.encoders import is_causal_text
+
+    layers = encoder.vision_model.config.num_hidden_layers
+    bad = [x for x in cfg.cls_layers if not 0 <= x <= layers]
+    if bad:
+        raise ValueError(
+            f"train.cls_layers {list(cfg.cls_layers)}: the vision tower has {layers} layers, "
+            f"so {bad} do not exist; pick layers in 0..{layers} (0 = embeddings, l = output "
+            "of block l)"
+        )
+    if cfg.text_global == "cls" and is_causal_text(encoder.text_model):
+        raise ValueError(
+            "train.text_global: cls on CLIP's causal text tower gives a constant T^G; use eos "
+            "(or a BERT text tower)"
+        )
 
 
 def seed_checkpoints(folder: Path) -> list[tuple[int | None, Path]]:
