@@ -106,7 +106,7 @@ class TrainConfig:
     d_c: int = 96
     cls_layers: tuple[int, ...] = (3, 10, 11, 12)
     loss_terms: tuple[str, ...] = LOSS_TERMS  # L_X in L = L_O + λ Σ L_X (Table 9)
-    text_global: str = "cls"
+    text_global: str | None = "cls"  # None: the text tower's own pooling
     max_text_length: int = 40
     mlp_hidden: int | None = None
     train_vision: bool = True

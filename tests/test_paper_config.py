@@ -117,6 +117,17 @@ def test_each_text_tower_brings_its_own_pooling(
     assert both.vision_model.config.num_hidden_layers == 3 and both.text_pooling == "cls"
 
 
+def test_text_global_null_takes_the_towers_own_pooling(
+    towers: tuple[Path, Path],
+    tiny_clip: Path,  # noqa: F811
+) -> None:
+    vision, text = towers
+    bert = ImageTextEncoder.from_towers(TowersConfig(vision=str(vision), text=str(text)))
+    assert IIER(bert, tiny_config(text_global=None)).cfg.text_global == "cls"
+    clip = ImageTextEncoder.from_hub(tiny_clip)
+    assert IIER(clip, tiny_config(text_global=None, cls_layers=(1, 3))).cfg.text_global == "eos"
+
+
 def test_resolve_encoder_builds_hub_towers_when_no_folder(
     towers: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -83,7 +83,7 @@ class IIERConfig:
     d_t: int = 512
     d_c: int = 96  # CMFI's width (FC_c1: d_t -> d_c, FC_c2: d_v -> d_c)
     cls_layers: tuple[int, ...] = PAPER_CLS_LAYERS
-    text_global: str = "cls"
+    text_global: str | None = "cls"  # None: the text tower's own pooling (encoder.text_pooling)
     max_text_length: int = 40
     mlp_hidden: int | None = None  # hidden width of the V^G MLP; None = the tower's width
     train_vision: bool = True
@@ -94,7 +94,7 @@ class IIERConfig:
     def __post_init__(self) -> None:
         if self.combination not in COMBINATIONS:
             raise ValueError(f"combination must be one of {COMBINATIONS}, not {self.combination!r}")
-        if self.text_global not in TEXT_GLOBALS:
+        if self.text_global is not None and self.text_global not in TEXT_GLOBALS:
             raise ValueError(f"text_global must be one of {TEXT_GLOBALS}, not {self.text_global!r}")
         if not self.cls_layers:
             raise ValueError("cls_layers must name at least one layer")
@@ -359,6 +359,8 @@ class IIER(nn.Module):
 
     def __init__(self, encoder: ImageTextEncoder, cfg: IIERConfig) -> None:
         super().__init__()
+        if cfg.text_global is None:  # the tower's own: cls (BERT), eos (CLIP), mean (MiniLM)
+            cfg = replace(cfg, text_global=encoder.text_pooling)
         self.cfg = cfg
         self.encoder = encoder
         check_towers(cfg, encoder)
