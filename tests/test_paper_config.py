@@ -252,6 +252,30 @@ def test_guard_cls_pooling_on_clip_text_tower(tiny_clip: Path) -> None:  # noqa:
     IIER(encoder, tiny_config(text_global="eos", cls_layers=(1, 3)))  # what the message says
 
 
+def test_guard_through_the_train_stage_is_one_line(
+    tiny_project: Path,  # noqa: F811
+    tiny_clip: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The released code's CLIP text tower with the paper's [CLS] pooling: the stage stops
+    at start (after loading the towers, before any data) with the one line."""
+    root = tiny_project
+    ImageTextEncoder.from_hub(tiny_clip).save(tmp_path / "clip")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["encoders"]["backend"] = "hub"
+    params["train"] |= {"text_global": "cls", "cls_layers": [1, 3], "device": "cpu"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = [
+        "--vpwiki", str(root / "data/vpwiki"), "--dataset", str(root / "data/dataset"),
+        "--encoder-dir", str(tmp_path / "clip"), "--out", str(tmp_path / "iier"),
+        "--state-dir", str(tmp_path / "state"), "--reports", str(tmp_path / "reports"),
+        "--params", str(tmp_path / "params.yaml"),
+    ]  # fmt: skip
+    line = _one_line_error(CliRunner().invoke(train_stage.app, args), "train")
+    assert "train.text_global: cls on CLIP's causal text tower gives a constant T^G" in line
+    assert not (tmp_path / "state").exists()
+
+
 def test_guard_cls_text_pooling_on_clip_text_tower(
     towers: tuple[Path, Path],
     tiny_clip: Path,  # noqa: F811
