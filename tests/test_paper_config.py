@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
-from test_encoders import tiny_clip  # noqa: F401  (a fixture: a tiny random CLIPModel folder)
+from test_encoders import TINY, tiny_clip  # noqa: F401  (tiny_clip: a CLIPModel folder)
 from test_iier import tiny_config, tiny_encoder
 from test_train import EVALUATE, tiny_project  # noqa: F401  (a fixture: KB, mentions)
 from typer.testing import CliRunner
@@ -28,6 +28,7 @@ from vpmel.encoders import (
     ImageTextEncoder,
     TowersConfig,
     check_encoder_params,
+    demo_encoder,
     resolve_encoder,
     resolve_reference,
     towers_config,
@@ -307,6 +308,14 @@ def test_guard_paper_profile_on_the_demo_encoder(towers: tuple[Path, Path], tmp_
     assert "profile: paper with encoders.backend: demo trains the paper IIER on the demo " in line
     assert "set profiles.paper.encoders.backend: hub (or profile: demo)" in line
     assert not (tmp_path / "enc").exists()
+
+
+def test_guard_hub_params_on_a_demo_encoder_folder(tmp_path: Path) -> None:
+    """`profile: paper` (backend hub) with models/encoder still the demo's: one line."""
+    demo_encoder(TINY).save(tmp_path / "enc")
+    with pytest.raises(ValueError, match="holds the demo encoder but encoders.backend is hub; run"):
+        resolve_encoder({"backend": "hub", "towers": {"text": "bert"}}, tmp_path / "enc")
+    assert resolve_encoder({"backend": "demo"}, tmp_path / "enc").text_source == MINILM_REF
 
 
 def test_guard_hub_towers_under_the_demo_backend() -> None:

@@ -554,7 +554,13 @@ def resolve_encoder(
     backend = params.get("backend", "demo")
     folder = Path(folder)
     if (folder / META_FILE).is_file():
-        return ImageTextEncoder.load(folder)
+        model = ImageTextEncoder.load(folder)
+        if backend == "hub" and model.text_source is not None:  # only the demo refers
+            raise ValueError(
+                f"{folder} holds the demo encoder but encoders.backend is hub; run the "
+                "encoders stage first (`dvc repro encoders` or `python -m stages.encoders`)"
+            )
+        return model
     if backend == "demo":
         raise FileNotFoundError(
             f"{folder}: no trained demo encoder; run `dvc repro encoders` to train it"
