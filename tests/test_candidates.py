@@ -137,6 +137,14 @@ def test_candidates_are_the_best_linear_parts_and_misses_rank_last(world) -> Non
     assert recall_at(got.candidates, gold.numpy(), [k])[f"R@{k}"] == pytest.approx(
         100 * recalled.mean(), abs=1e-3
     )
+    # a smaller K read off the larger run equals a run at that K
+    small = TwoStageRanker(
+        model, store_index(model, store, CandidateConfig()), Stored(store), N_ENTITIES, 2
+    )
+    want = rank_rows(small, mentions, range(N_MENTIONS), gold, cfg)
+    ranks, hit = got.prefix(gold.numpy(), 2, N_ENTITIES)
+    np.testing.assert_array_equal(ranks, want.ranks)
+    np.testing.assert_array_equal(hit, want.recalled)
 
 
 def test_recall_at_k_counts_the_gold_among_the_first_k() -> None:

@@ -39,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vpmel.iier import IIER, EntitySide, MentionSide, pool_text
+from vpmel.iier import IIER, EntitySide, Features, MentionSide, pool_text
 from vpmel.retrieval import Ranking, _pad_entity_side, ordered_top_k
 
-#: what a KB source hands the model for some KB rows (e.g. ``Side.inputs``)
-InputsFn = Callable[[Sequence[int]], dict[str, Tensor]]
+#: what a KB source hands the model for some KB rows (e.g. ``Side.inputs``), or the encoder
+#: outputs of those rows (:class:`Features`, e.g. synthetic ones)
+InputsFn = Callable[[Sequence[int]], dict[str, Tensor] | Features]
 
 
 @dataclass(frozen=True)
@@ -111,10 +112,15 @@ def key_vectors(model: IIER, e: Any) -> Tensor:
     return torch.cat([e.t_global, e.h], 1)
 
 
-def global_features(model: IIER, batch: dict[str, Tensor]) -> SimpleNamespace:
+def global_features(model: IIER, batch: dict[str, Tensor] | Features) -> SimpleNamespace:
     """What :func:`key_vectors` reads of a batch of entity inputs — IIER's
     :meth:`~IIER.encode` and :meth:`~IIER.entity_side` without TFI's queries (the per-token
     text FC and W_tq, most of the entity side's cost)."""
+    if isinstance(batch, Features):  # encoder outputs given as they are (benchmarks)
+        h = model._unit_norm(model.cmfi(batch.t_global, batch.v_local))
+        return SimpleNamespace(
+            t_global=batch.t_global, h=h, v_tower=batch.v_tower, t_tower=batch.t_tower
+        )
     if "vision_cls" in batch:
         cls_states, last = batch["vision_cls"], batch["vision_last"]
     else:
@@ -134,6 +140,13 @@ def global_features(model: IIER, batch: dict[str, Tensor]) -> SimpleNamespace:
 
 
 # ------------------------------------------------------------------------------ the index
+
+
+def _to(batch: dict[str, Tensor] | Features, device: torch.device) -> Any:
+    """Model inputs (or ready encoder outputs, :class:`Features`) on ``device``."""
+    if isinstance(batch, Features):
+        return Features(**{k: v.to(device) for k, v in vars(batch).items()})
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _faiss():
@@ -175,7 +188,7 @@ def build_index(
     index is trained on its first ``cfg.train_size`` vectors)."""
     index, pending, held = None, [], 0
     for batch in track(blocks):
-        batch = {k: v.to(model.device) for k, v in batch.items()}
+        batch = _to(batch, model.device)
         keys = key_vectors(model, global_features(model, batch)).float().cpu().numpy()
         if index is None:
             index = new_index(keys.shape[1], cfg)
@@ -223,9 +236,8 @@ class OnDemand:
         rows = [int(r) for r in rows]
         parts = []
         for lo in range(0, len(rows), self.batch):
-            batch = self.inputs(rows[lo : lo + self.batch])
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            side = model.entity_side(model.encode(batch))
+            batch = _to(self.inputs(rows[lo : lo + self.batch]), model.device)
+            side = model.entity_side(batch if isinstance(batch, Features) else model.encode(batch))
             parts.append(_pad_entity_side(side, self.text_len))
         return EntitySide.cat(parts)
 
@@ -252,6 +264,17 @@ class CandidateRanking(Ranking):
 
     candidates: np.ndarray | None = None  # [M, K] int64
     recalled: np.ndarray | None = None  # [M] bool
+    candidate_scores: np.ndarray | None = None  # [M, K] float32: S of each candidate
+
+    def prefix(self, gold: np.ndarray, k: int, n_entities: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ranks, recalled) had the first stage returned only the first ``k`` candidates:
+        their scores are the same, so one run at the largest K gives every smaller K."""
+        cand, scores = self.candidates[:, :k], self.candidate_scores[:, :k]
+        hit = cand == np.asarray(gold)[:, None]
+        recalled = hit.any(1)
+        gold_s = np.where(hit, scores, -np.inf).max(1)
+        ranks = np.where(recalled, (scores >= gold_s[:, None]).sum(1), n_entities)
+        return ranks.astype(np.int64), recalled
 
 
 @dataclass
@@ -324,6 +347,7 @@ class TwoStageRanker:
             "top_rows": np.full((len(cand), k), -1, np.int64),
             "top_scores": np.full((len(cand), k), np.nan, np.float32),
             "recalled": np.zeros(len(cand), bool),
+            "candidate_scores": np.full(cand.shape, np.nan, np.float32),
         }
         gold = gold.cpu().numpy()
         device = mention.keys.device
@@ -334,6 +358,7 @@ class TwoStageRanker:
             s = self.model.score(mention.rows(i, i + 1), chunk).s.float()[0]
             if torch.isnan(s).any():
                 raise ValueError("IIER produced NaN scores; cannot rank")
+            out["candidate_scores"][i, ok] = s.cpu().numpy()
             rows_t = torch.as_tensor(rows, device=device)
             top_s, top_r = ordered_top_k(s[None], rows_t[None], k)
             out["top_rows"][i, : top_r.shape[1]] = top_r[0].cpu().numpy()
@@ -369,6 +394,7 @@ class TwoStageRanker:
                 np.zeros((0, k), np.float32),
                 np.zeros((0, kc), np.int64),
                 np.zeros(0, bool),
+                np.zeros((0, kc), np.float32),
             )
         cat = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         return CandidateRanking(
@@ -378,6 +404,7 @@ class TwoStageRanker:
             cat["top_scores"],
             cat["candidates"],
             cat["recalled"],
+            cat["candidate_scores"],
         )
 
 
