@@ -178,3 +178,15 @@ def test_an_index_faiss_cannot_build_is_one_clear_line() -> None:
     with pytest.raises(ValueError, match="candidates.index 'Nonsense12': FAISS cannot") as info:
         new_index(16, CandidateConfig(index="Nonsense12"))
     assert "\n" not in str(info.value)
+
+
+def test_evaluate_params_default_to_exact_ranking() -> None:
+    from stages.evaluate import eval_config
+    from vpmel.params import load_params
+
+    assert eval_config(load_params("evaluate", "params.yaml")).candidates is None
+    assert eval_config({}).candidates is None
+    cfg = eval_config({"candidates": {"k": 7, "index": "SQfp16"}}).candidates
+    assert cfg == CandidateConfig(k=7, index="SQfp16")
+    with pytest.raises(ValueError, match="evaluate.candidates.k must be"):
+        eval_config({"candidates": {"k": -1}})
