@@ -137,6 +137,11 @@ def test_candidates_are_the_best_linear_parts_and_misses_rank_last(world) -> Non
     assert recall_at(got.candidates, gold.numpy(), [k])[f"R@{k}"] == pytest.approx(
         100 * recalled.mean(), abs=1e-3
     )
+    # entity sides held for a few mentions at a time (bounded memory) change nothing
+    held = TwoStageRanker(model, ranker.index, Stored(store), N_ENTITIES, k, max_entities=7)
+    again = rank_rows(held, mentions, range(N_MENTIONS), gold, cfg)
+    np.testing.assert_array_equal(again.ranks, got.ranks)
+    np.testing.assert_array_equal(again.top_rows, got.top_rows)
     # a smaller K read off the larger run equals a run at that K
     small = TwoStageRanker(
         model, store_index(model, store, CandidateConfig()), Stored(store), N_ENTITIES, 2

@@ -320,9 +320,11 @@ class TwoStageRanker:
         n_entities: int,
         k_candidates: int,
         k: int = 20,
+        max_entities: int = 4096,
     ) -> None:
         self.model, self.index, self.entities = model, index, entities
         self.n, self.k_candidates, self.k = n_entities, min(k_candidates, n_entities), k
+        self.max_entities = max_entities  # candidates' entity sides held at once
         self.times = StageTimes()
 
     @torch.no_grad()
@@ -334,12 +336,6 @@ class TwoStageRanker:
         found = time.perf_counter()
         self.times.mention_s += searched - started
         self.times.search_s += found - searched
-        unique, where = np.unique(cand[cand >= 0], return_inverse=True)
-        side = self.entities.side(self.model, unique)
-        got = time.perf_counter()
-        self.times.entity_s += got - found
-        slot = np.full(cand.shape, -1, dtype=np.int64)
-        slot[cand >= 0] = where
         k = min(self.k, self.k_candidates)
         out = {
             "ranks": np.full(len(cand), self.n, np.int64),
@@ -350,10 +346,36 @@ class TwoStageRanker:
             "candidate_scores": np.full(cand.shape, np.nan, np.float32),
         }
         gold = gold.cpu().numpy()
+        group = max(1, self.max_entities // self.k_candidates)  # mentions per entity side
+        for lo in range(0, len(cand), group):
+            self._score_group(mention, cand, gold, lo, min(len(cand), lo + group), k, out)
+        out["candidates"] = cand.astype(np.int64)
+        return out
+
+    def _score_group(
+        self,
+        mention: MentionSide,
+        cand: np.ndarray,
+        gold: np.ndarray,
+        lo: int,
+        hi: int,
+        k: int,
+        out: dict[str, np.ndarray],
+    ) -> None:
+        """Score mentions [lo, hi) against their candidates; one entity side for the group's
+        distinct candidates (at most ``max_entities``, or K for a single mention)."""
+        started = time.perf_counter()
+        part = cand[lo:hi]
+        unique, where = np.unique(part[part >= 0], return_inverse=True)
+        side = self.entities.side(self.model, unique)
+        got = time.perf_counter()
+        self.times.entity_s += got - started
+        slot = np.full(part.shape, -1, dtype=np.int64)
+        slot[part >= 0] = where
         device = mention.keys.device
-        for i in range(len(cand)):
-            ok = slot[i] >= 0
-            rows, idx = cand[i][ok], torch.as_tensor(slot[i][ok], device=device)
+        for j, i in enumerate(range(lo, hi)):
+            ok = slot[j] >= 0
+            rows, idx = cand[i][ok], torch.as_tensor(slot[j][ok], device=device)
             chunk = EntitySide(**{n: t[idx] for n, t in vars(side).items()})
             s = self.model.score(mention.rows(i, i + 1), chunk).s.float()[0]
             if torch.isnan(s).any():
@@ -370,8 +392,6 @@ class TwoStageRanker:
                 out["gold_scores"][i] = float(g)
                 out["recalled"][i] = True
         self.times.score_s += time.perf_counter() - got
-        out["candidates"] = cand.astype(np.int64)
-        return out
 
     def rank(
         self, batches: Iterable[tuple[dict[str, Tensor], Tensor]], track: Callable = lambda x: x
