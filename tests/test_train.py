@@ -267,6 +267,31 @@ def test_two_processes_and_evaluate(tiny_project: Path) -> None:
         else None
     )
     assert hit is None or hit == first["rank"]
+
+    # the candidate stage with K = the KB size ranks exactly as exact ranking does
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"] = EVALUATE | {"candidates": {"k": 48, "index": "Flat", "batch": 16}}
+    (run / "params_candidates.yaml").write_text(yaml.safe_dump(params))
+    two = run / "eval_candidates"
+    evaluate_stage.main(
+        model_dir=run / "models/iier",
+        vpwiki=root / "data/vpwiki",
+        dataset=root / "data/dataset",
+        answers=root / "data/answers/answers.parquet",
+        out=two / "data/eval",
+        reports=two / "reports",
+        features=run / "no-features",
+        timings=two / "timings",
+        timing_name="evaluate",
+        params_file=run / "params_candidates.yaml",
+    )
+    assert json.loads((two / "reports/metrics.json").read_text()) == metrics
+    report = json.loads((two / "reports/evaluate.json").read_text())
+    assert report["candidates"]["recall"] == {"dev": 100.0, "test": 100.0}
+    both = pd.read_parquet(two / "data/eval/top20.parquet")
+    assert both["rank"].tolist() == top["rank"].tolist()
+    assert both["top_qids"].map(list).tolist() == top["top_qids"].map(list).tolist()
+    assert both["recall@48"].all()
     shutil.rmtree(run)
 
 
