@@ -8,7 +8,12 @@ Reads only the `encoders` section of params.yaml.
   `reports/encoders.json`; train time and throughput go to `reports/timings/encoders.json`.
 * `backend: hub` resolves `hub_model` (a hub id such as `openai/clip-vit-base-patch32`, or a
   local folder with a CLIPModel checkpoint) and saves it into `models/encoder/`, so later
-  stages run offline. A hub id needs network access (or the Hugging Face cache) once.
+  stages run offline. A hub id needs network access (or the Hugging Face cache) once. With
+  `towers` set (`profile: paper` does: ViT-B/32 beside `bert-base-uncased`), the vision and
+  text towers come from two checkpoints instead (`vpmel.encoders.TowersConfig`).
+
+The scale `profile` is applied first (`vpmel.params`); a combination that cannot work
+(`towers` under the demo backend, `profile: paper` on the demo encoder) is one line.
 
 Threads: `threads: null` uses every core; views are rendered in a second thread meanwhile.
 Run with `OMP_WAIT_POLICY=PASSIVE` (dvc.yaml does): OpenMP threads that spin-wait stall
@@ -30,7 +35,14 @@ from transformers.utils import logging as hf_logging
 
 from stages.console import clear_errors, console
 from vpmel.encoder_training import TrainConfig, ViewConfig, train_encoder
-from vpmel.encoders import demo_config, describe, load_hub_checkpoint
+from vpmel.encoders import (
+    check_encoder_params,
+    demo_config,
+    describe,
+    load_hub_checkpoint,
+    load_hub_towers,
+    towers_config,
+)
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb
@@ -38,7 +50,7 @@ from vpmel.timings import stage_timer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
-KNOWN = {"backend", "hub_model", "threads", "model", "train"}
+KNOWN = {"backend", "hub_model", "towers", "threads", "model", "train"}
 # wall-clock figures: reports/timings/encoders.json, not the metrics file
 TIMING_KEYS = ("train_seconds", "render_wait_seconds", "images_per_second", "resolve_seconds")
 
@@ -59,23 +71,23 @@ def _run(
     dataset: Path, out: Path, reports: Path, params_file: Path, timing: dict[str, Any]
 ) -> None:
     with clear_errors("encoders"):
-        p = load_params("encoders", params_file)
+        params = load_params(None, params_file)
+        if "encoders" not in params:
+            raise KeyError(f"{params_file}: no section 'encoders'")
+        p = params["encoders"]
         unknown = sorted(set(p) - KNOWN)
         if unknown:
             raise ValueError(f"{params_file}: unknown encoders params {unknown}")
+        check_encoder_params(p, params["profile"])
         threads = int(p.get("threads") or len(os.sched_getaffinity(0)))
         torch.set_num_threads(threads)
         backend = p.get("backend", "demo")
         if backend == "demo":
             # the `prompt` section (VPWiki's marker) when there is one, else the default style
-            prompt = dict(load_params(None, params_file).get("prompt") or {})
+            prompt = dict(params.get("prompt") or {})
             metrics = _demo(p, dataset, out, threads, prompt)
-        elif backend == "hub":
-            metrics = _hub(str(p["hub_model"]), out)
         else:
-            raise ValueError(
-                f"{params_file}: encoders.backend must be demo or hub, not {backend!r}"
-            )
+            metrics = _hub(p, out)
     metrics["model_folder_mb"] = round(_size(out) / 2**20, 2)
     timing.update({k: metrics.pop(k) for k in TIMING_KEYS if k in metrics})
     reports.mkdir(parents=True, exist_ok=True)
@@ -119,10 +131,18 @@ def _demo(
     return {"backend": "demo", **m, "threads": threads, "model": describe(result.model)}
 
 
-def _hub(source: str, out: Path) -> dict[str, Any]:
-    console.print(f"encoders: resolving CLIP checkpoint {source}")
+def _hub(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    towers = towers_config(p.get("towers"))
     start = time.perf_counter()
-    model = load_hub_checkpoint(source)
+    if towers is None:
+        source: Any = str(p["hub_model"])
+        console.print(f"encoders: resolving CLIP checkpoint {source}")
+        model = load_hub_checkpoint(source)
+    else:
+        source = {"vision": towers.vision, "text": towers.text}
+        console.print(f"encoders: vision tower {towers.vision}, text tower {towers.text}")
+        torch.manual_seed(0)  # the new projections
+        model = load_hub_towers(towers)
     _replace(out, model.save)
     return {
         "backend": "hub",

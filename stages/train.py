@@ -10,9 +10,10 @@ One script for every scale::
 starts N, and on a machine without GPUs, or with ``train.device: cpu``, they run on the
 CPU and talk through gloo.)
 
-Reads params ``train`` (with ``train.profile`` selecting a block of ``train.profiles``, e.g.
-``paper``: lr 1e-5, batch 128, 20 epochs, d_v 96, d_t 512), top-level ``lambda`` and
-``encoders.backend``. ``batch_size`` is per process: each process's batch is its own pool
+Reads params ``train`` (with ``train.profile`` selecting a variant of ``train.profiles``, e.g.
+the ablation ``iier_star``), top-level ``lambda`` and ``encoders``, all after the scale
+``profile`` is applied (``profile: paper``: everything Appendix A.1 states, see
+``vpmel.params``). ``batch_size`` is per process: each process's batch is its own pool
 of in-batch negatives, with the batch's distinct gold entities as columns. A frozen tower
 (``train_text`` / ``train_vision`` false; the demo freezes both and trains IIER's heads and
 units) runs once over every input and its outputs are cached.
@@ -49,7 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LambdaLR
 
 from stages.console import clear_errors, console
-from vpmel.encoders import resolve_encoder
+from vpmel.encoders import check_encoder_params, resolve_encoder
 from vpmel.features import FeatureStore, encoder_id
 from vpmel.iier import IIER, LOSS_TERMS, IIERConfig, iier_loss
 from vpmel.iier_data import (
@@ -62,7 +63,7 @@ from vpmel.iier_data import (
     steps_per_epoch,
 )
 from vpmel.metrics import ranking_metrics
-from vpmel.params import PARAMS_FILE, load_params
+from vpmel.params import PAPER_PROFILE, PARAMS_FILE, load_params
 from vpmel.retrieval import RankConfig, kb_ranker, rank_rows
 from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
@@ -105,7 +106,7 @@ class TrainConfig:
     d_c: int = 96
     cls_layers: tuple[int, ...] = (3, 10, 11, 12)
     loss_terms: tuple[str, ...] = LOSS_TERMS  # L_X in L = L_O + λ Σ L_X (Table 9)
-    text_global: str = "cls"
+    text_global: str | None = "cls"  # None: the text tower's own pooling
     max_text_length: int = 40
     mlp_hidden: int | None = None
     train_vision: bool = True
@@ -145,6 +146,11 @@ def resolve_config(section: dict[str, Any], profile: str | None = None) -> Train
     chosen = profile or section.pop("profile", None) or "demo"
     section.pop("profile", None)
     if chosen not in profiles and chosen != "demo":
+        if chosen == PAPER_PROFILE:
+            raise ValueError(
+                "train.profile: paper is now the top-level `profile: paper` (it sets the towers "
+                "too); set profile: paper and train.profile back to demo"
+            )
         raise ValueError(f"train.profile {chosen!r} not in train.profiles {sorted(profiles)}")
     merged = section | dict(profiles.get(chosen) or {})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -616,7 +622,7 @@ def main(
     state_dir: Path = typer.Option(Path("models/iier_state"), help="resumable training state"),
     live_dir: Path = typer.Option(Path("dvclive")),
     reports: Path = typer.Option(Path("reports")),
-    profile: str = typer.Option(None, help="override train.profile (demo | paper)"),
+    profile: str = typer.Option(None, help="override train.profile (a train.profiles variant)"),
     features: Path = typer.Option(
         Path("data/features"), help="the features stage's store (frozen-tower outputs)"
     ),
@@ -636,6 +642,7 @@ def main(
             vpwiki, dataset, answers, encoder_dir, out, state_dir, live_dir, reports, features
         )
         encoder = params.get("encoders") or {"backend": "demo"}
+        check_encoder_params(encoder, params["profile"])
         with stage_timer(timing_name, timings or reports / "timings") as timing:
             summary = train_seeds(cfg, lam, encoder, paths, timing)
     if summary and PartialState().is_main_process:

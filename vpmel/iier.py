@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -83,7 +83,7 @@ class IIERConfig:
     d_t: int = 512
     d_c: int = 96  # CMFI's width (FC_c1: d_t -> d_c, FC_c2: d_v -> d_c)
     cls_layers: tuple[int, ...] = PAPER_CLS_LAYERS
-    text_global: str = "cls"
+    text_global: str | None = "cls"  # None: the text tower's own pooling (encoder.text_pooling)
     max_text_length: int = 40
     mlp_hidden: int | None = None  # hidden width of the V^G MLP; None = the tower's width
     train_vision: bool = True
@@ -94,7 +94,7 @@ class IIERConfig:
     def __post_init__(self) -> None:
         if self.combination not in COMBINATIONS:
             raise ValueError(f"combination must be one of {COMBINATIONS}, not {self.combination!r}")
-        if self.text_global not in TEXT_GLOBALS:
+        if self.text_global is not None and self.text_global not in TEXT_GLOBALS:
             raise ValueError(f"text_global must be one of {TEXT_GLOBALS}, not {self.text_global!r}")
         if not self.cls_layers:
             raise ValueError("cls_layers must name at least one layer")
@@ -359,15 +359,12 @@ class IIER(nn.Module):
 
     def __init__(self, encoder: ImageTextEncoder, cfg: IIERConfig) -> None:
         super().__init__()
+        if cfg.text_global is None:  # the tower's own: cls (BERT), eos (CLIP), mean (MiniLM)
+            cfg = replace(cfg, text_global=encoder.text_pooling)
         self.cfg = cfg
         self.encoder = encoder
+        check_towers(cfg, encoder)
         vision = encoder.vision_model.config
-        bad = [x for x in cfg.cls_layers if not 0 <= x <= vision.num_hidden_layers]
-        if bad:
-            raise ValueError(
-                f"cls_layers {list(cfg.cls_layers)}: {bad} not in 0..{vision.num_hidden_layers}"
-                " (0 = embeddings, l = output of block l)"
-            )
         width = vision.hidden_size
         self.visual = VisualEncoder(width, cfg.cls_layers, cfg.d_v, cfg.mlp_hidden or width)
         text_width = encoder.text_model.config.hidden_size
@@ -575,6 +572,27 @@ class IIER(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{folder / HEAD_FILE}: missing {missing}, unexpected {unexpected}")
         return model.eval(), meta.get("extra", {})
+
+
+def check_towers(cfg: IIERConfig, encoder: ImageTextEncoder) -> None:
+    """Settings the towers cannot serve, each one line naming the ``train`` param to change:
+    CLS layers the vision tower does not have, and [CLS] pooling on a causal text tower
+    (CLIP's: position 0 sees only itself, so T^G would be the same for every input)."""
+    from vpmel.encoders import is_causal_text
+
+    layers = encoder.vision_model.config.num_hidden_layers
+    bad = [x for x in cfg.cls_layers if not 0 <= x <= layers]
+    if bad:
+        raise ValueError(
+            f"train.cls_layers {list(cfg.cls_layers)}: the vision tower has {layers} layers, "
+            f"so {bad} do not exist; pick layers in 0..{layers} (0 = embeddings, l = output "
+            "of block l)"
+        )
+    if cfg.text_global == "cls" and is_causal_text(encoder.text_model):
+        raise ValueError(
+            "train.text_global: cls on CLIP's causal text tower gives a constant T^G; use eos "
+            "(or a BERT text tower)"
+        )
 
 
 def seed_checkpoints(folder: Path) -> list[tuple[int | None, Path]]:

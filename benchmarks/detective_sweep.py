@@ -1,0 +1,89 @@
+"""Choose Detective-VLM's tuning lr and epochs on dev (never test): the sweep behind params.
+
+Tunes the committed demo base (`models/detective_base`, stage `detective_base`) on the train
+split's instructions once per setting, answers the dev mentions with the tuned model and prints
+one JSON line per setting: dev name and type exact match, parse shares, tuning seconds. The
+test split is never read. The committed `detective.train.lr` / `epochs` are the best dev name
+accuracy of this sweep (README: "Detective-VLM settings").
+
+    python benchmarks/detective_sweep.py 1e-3:7 3e-3:7 6e-3:12 1e-2:15
+    python benchmarks/detective_sweep.py 3e-3:7:0      # lr:epochs[:prompt_loss_weight]
+
+Each setting takes ~3-6 minutes on 2 CPU cores (tuning dominates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from stages.detective import usable
+from vpmel.answers import answer_forms, exact_match, model_answer_fn, parsed_rows
+from vpmel.detective import instruction_records, load_pretrained
+from vpmel.detective_training import TuneConfig, tune
+from vpmel.params import PARAMS_FILE, load_params
+
+
+def setting(text: str) -> tuple[float, int, float | None]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected lr:epochs[:prompt_loss_weight]")
+    weight = float(parts[2]) if len(parts) == 3 else None
+    return float(parts[0]), int(parts[1]), weight
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("settings", nargs="+", type=setting, help="lr:epochs[:prompt_loss_weight]")
+    p.add_argument("--vpwiki", type=Path, default=Path("data/vpwiki"))
+    p.add_argument("--base", type=Path, default=Path("models/detective_base"))
+    p.add_argument("--params", type=Path, default=PARAMS_FILE)
+    args = p.parse_args(argv)
+
+    params = load_params("detective", args.params)
+    torch.set_num_threads(int(params.get("threads") or torch.get_num_threads()))
+    base_cfg = TuneConfig.from_params(
+        {"mode": params["mode"], "seed": params["seed"], **params["train"], "lora": None}
+    )
+    mentions = pd.read_parquet(args.vpwiki / "mentions.parquet").astype({"id": str})
+    train, _ = usable(mentions[mentions["split"] == "train"])
+    dev, _ = usable(mentions[mentions["split"] == "dev"])
+    fmt = params.get("prompt_format", "plain")
+    cross = params["cross_fit"]
+    for lr, epochs, weight in args.settings:
+        cfg = replace(base_cfg, lr=lr, epochs=epochs)
+        if weight is not None:
+            cfg = replace(cfg, prompt_loss_weight=weight)
+        torch.manual_seed(cfg.seed)
+        model, processor = load_pretrained(args.base, False, "float32")
+        records = instruction_records(train, processor, fmt, args.vpwiki)
+        started = time.perf_counter()
+        tuned, _ = tune(model, processor, records, cfg, progress=False)
+        tune_s = time.perf_counter() - started
+        answer = model_answer_fn(
+            tuned.eval(), processor, args.vpwiki, fmt, cross["batch_size"], cross["max_new_tokens"]
+        )
+        rows = parsed_rows(list(dev["id"]), answer(dev))
+        print(
+            json.dumps(
+                {
+                    "lr": lr,
+                    "epochs": epochs,
+                    "prompt_loss_weight": cfg.prompt_loss_weight,
+                    "dev": exact_match(rows, mentions, ("dev",))["dev"],
+                    "forms": answer_forms(rows),
+                    "tune_s": round(tune_s, 1),
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
