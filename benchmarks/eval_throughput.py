@@ -49,6 +49,7 @@ from vpmel.retrieval import (
 )
 
 GEN_BLOCK = 1024  # entity features are generated in seeded blocks of this many rows
+TOWER_DIM = 8  # the stand-in towers' own embedding width (Towers' projections)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,9 +110,16 @@ class Towers(nn.Module):
 
 
 def make_model(args: argparse.Namespace) -> IIER:
-    """Random IIER units at the requested sizes (seeded)."""
+    """Random IIER units at the requested sizes (seeded), combined as the paper does (what
+    :func:`reference_chunk` computes)."""
     torch.manual_seed(args.seed)
-    cfg = IIERConfig(d_v=args.d_v, d_t=args.d_t, d_c=args.d_c, max_text_length=args.text_len)
+    cfg = IIERConfig(
+        d_v=args.d_v,
+        d_t=args.d_t,
+        d_c=args.d_c,
+        max_text_length=args.text_len,
+        combination="paper",
+    )
     return IIER(Towers(), cfg).eval()
 
 
@@ -125,6 +133,8 @@ def features(args: argparse.Namespace, n: int, seed: int) -> Features:
         t_global=F.normalize(torch.randn(n, args.d_t, generator=g), dim=-1),
         t_local=torch.randn(n, args.text_len, args.d_t, generator=g),
         t_mask=mask,
+        v_tower=F.normalize(torch.randn(n, TOWER_DIM, generator=g), dim=-1),
+        t_tower=F.normalize(torch.randn(n, TOWER_DIM, generator=g), dim=-1),
     )
 
 
@@ -142,7 +152,7 @@ def mention_inputs(args: argparse.Namespace) -> tuple[Features, torch.Tensor]:
     return features(args, args.mentions, args.seed * 1_000_003 + 1), gold
 
 
-FIELDS = ("v_global", "v_local", "t_global", "t_local", "t_mask")
+FIELDS = ("v_global", "v_local", "t_global", "t_local", "t_mask", "v_tower", "t_tower")
 
 
 def rows(f: Features, lo: int, hi: int, device: torch.device) -> Features:

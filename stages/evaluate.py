@@ -22,6 +22,12 @@ least as high as the gold one). Writes:
 
 Runs in one process, or sharded over N with `accelerate launch` (the KB is split between
 the processes; every process ranks every mention).
+
+With ``evaluate.candidates`` set (e.g. ``{k: 100, index: Flat}``; default null = exact) a
+FAISS candidate stage picks K entities per mention and only those are scored exactly, their
+entity side computed on demand (:mod:`vpmel.candidates`); ranks of mentions whose gold entity
+was not among the candidates are the KB size, and `reports/evaluate.json` gains the recall@K
+of each split. One process only.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from accelerate import Accelerator
 from rich.progress import track
 
 from stages.console import clear_errors, console
+from vpmel.candidates import CandidateConfig, candidate_config, two_stage_ranker
 from vpmel.features import FeatureStore, encoder_id
 from vpmel.iier import ENCODER_DIR, IIER, seed_checkpoints
 from vpmel.iier_data import IIERInputs, InputConfig, load_inputs, read_answers
@@ -62,6 +69,7 @@ class EvalConfig:
     block_mb: float = 256.0
     top_k: int = 20
     device: str = "auto"
+    candidates: CandidateConfig | None = None  # None: exact ranking over the whole KB
 
     def rank(self) -> RankConfig:
         return RankConfig(self.mention_batch, self.entity_batch, self.block_mb, self.top_k)
@@ -75,6 +83,7 @@ def eval_config(section: dict[str, Any]) -> EvalConfig:
     section = dict(section)
     if "splits" in section:
         section["splits"] = tuple(section["splits"])
+    section["candidates"] = candidate_config(section.get("candidates"))
     cfg = EvalConfig(**section)
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ValueError("evaluate.device must be auto, cpu or cuda")
@@ -98,6 +107,8 @@ def evaluate(
     timing = {} if timing is None else timing
     main = accelerator.is_main_process
     collective = accelerator if accelerator.num_processes > 1 else None
+    if cfg.candidates is not None and collective is not None:
+        raise ValueError("evaluate.candidates runs in one process; launch without accelerate")
     per_seed: dict[int, dict[str, dict[str, float | None]]] = {}
     tables, data, inputs, scored = [], None, None, 0
     for seed, folder in seed_checkpoints(model_dir):
@@ -111,22 +122,33 @@ def evaluate(
                 store = FeatureStore.load(features, encoder_id(folder / ENCODER_DIR))
                 data.cache_frozen(model, cfg.entity_batch, store)
         started = time.perf_counter()
-        ranker = kb_ranker(
-            model,
-            data.entities,
-            cfg.rank(),
-            collective,
-            track=lambda it, s=seed: track(it, description=f"KB (seed {s})", disable=not main),
-        )
+
+        def kb_track(it, s=seed):
+            return track(it, description=f"KB (seed {s})", disable=not main)
+
+        if cfg.candidates is None:
+            ranker = kb_ranker(model, data.entities, cfg.rank(), collective, track=kb_track)
+        else:
+            ranker = two_stage_ranker(
+                model,
+                data.entities.inputs,
+                len(data.kb_table),
+                data.entities.texts.width,
+                cfg.candidates,
+                cfg.top_k,
+                kb_track,
+            )
         encoded = time.perf_counter()
         metrics, table = _rank_splits(ranker, data, cfg, main)
         done = time.perf_counter()
-        scored += sum(len(data.rows(s)) for s in cfg.splits) * len(data.kb_table)
+        per_mention = len(data.kb_table) if cfg.candidates is None else ranker.k_candidates
+        scored += sum(len(data.rows(s)) for s in cfg.splits) * per_mention
         timing[f"seed_{seed}_kb_encode_s"] = round(encoded - started, 2)
         timing[f"seed_{seed}_rank_s"] = round(done - encoded, 2)
         table.insert(1, "seed", seed)
         tables.append(table)
         per_seed[seed] = metrics
+    table = pd.concat(tables, ignore_index=True)
     rank_s = sum(v for k, v in timing.items() if k.endswith("_rank_s"))
     timing["pairs_scored"] = scored
     timing["pairs_per_s"] = round(scored / max(rank_s, 1e-9))
@@ -141,7 +163,12 @@ def evaluate(
         "image_problems": data.image_problems(),
         "ties": "pessimistic: rank = #entities with score >= gold score",
     }
-    return seed_mean(per_seed, cfg.splits), pd.concat(tables, ignore_index=True), report
+    if cfg.candidates is not None:
+        report["candidates"] = dataclasses.asdict(cfg.candidates) | {
+            "missed_gold_rank": "the KB size",
+            "recall": {s: seed_mean_recall(table, s, cfg.candidates.k) for s in cfg.splits},
+        }
+    return seed_mean(per_seed, cfg.splits), table, report
 
 
 def _rank_splits(
@@ -170,8 +197,13 @@ def _rank_splits(
         table["named"] = named[rows]
         table["rank"] = ranking.ranks
         table["gold_score"] = ranking.gold_scores
-        table["top_qids"] = [list(qids[r]) for r in ranking.top_rows]
-        table["top_scores"] = [list(map(float, s)) for s in ranking.top_scores]
+        found = ranking.top_rows >= 0  # all of them, but for a short candidate list
+        table["top_qids"] = [list(qids[r[f]]) for r, f in zip(ranking.top_rows, found, strict=True)]
+        table["top_scores"] = [
+            list(map(float, s[f])) for s, f in zip(ranking.top_scores, found, strict=True)
+        ]
+        if cfg.candidates is not None:
+            table[f"recall@{cfg.candidates.k}"] = ranking.recalled
         tables.append(table)
     metrics.update(subsets)  # after the splits: `dvc metrics show` lists dev, test first
     return metrics, pd.concat(tables, ignore_index=True)
@@ -200,6 +232,12 @@ def seed_mean(
             if name != "n"
         }
     return out
+
+
+def seed_mean_recall(table: pd.DataFrame, split: str, k: int) -> float:
+    """Recall@k of the candidate stage on ``split`` (percent), the mean over seeds."""
+    rows = table[table["split"] == split]
+    return round(100.0 * float(rows.groupby("seed")[f"recall@{k}"].mean().mean()), 4)
 
 
 def _load(

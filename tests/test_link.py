@@ -368,3 +368,24 @@ def test_an_unwritable_cache_is_a_warning_not_a_failure(project: Path) -> None:
                     project / "photo.png/cache")  # fmt: skip
     assert len(linker.warnings) == 1 and "KB index is not cached" in linker.warnings[0]
     assert len(linker.link(project / "photo.png", [10, 5, 40, 30]).entities) == 5
+
+
+def test_link_with_candidates_k_the_kb_size_equals_whole_kb_ranking(project: Path) -> None:
+    region = (project / "photo.png", [10, 5, 40, 30], "a thing on a table")
+    want = _linker(project).link(*region, top_k=12)
+    paths = (project / "models/iier", project / "data/dataset", None, project / "cache")
+    got = Linker(*paths, candidates=12).link(*region, top_k=12)
+    assert [e.qid for e in got.entities] == [e.qid for e in want.entities]
+    for a, b in zip(got.entities, want.entities, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-5)
+    few = Linker(*paths, candidates=3).link(*region, top_k=5)  # at most K entities listed
+    assert len(few.entities) == 3 and [e.rank for e in few.entities] == [1, 2, 3]
+    result = CliRunner().invoke(
+        app,
+        ["link", str(region[0]), "--box", "10,5,40,30", "--json", "--top-k", "4",
+         "--candidates", "2", "--model", str(paths[0]), "--dataset", str(paths[1]),
+         "--cache", str(paths[3]), "--no-vlm", "--params", "none.yaml"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output[result.output.index("{") :])
+    assert [e["rank"] for e in out["entities"]] == [1, 2]

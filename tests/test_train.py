@@ -198,6 +198,22 @@ def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -
     assert other["steps"] == 16
 
 
+def run_evaluate(root: Path, run: Path, out: Path, params: Path) -> None:
+    """The evaluate stage on ``run``'s checkpoint, writing under ``out``."""
+    evaluate_stage.main(
+        model_dir=run / "models/iier",
+        vpwiki=root / "data/vpwiki",
+        dataset=root / "data/dataset",
+        answers=root / "data/answers/answers.parquet",
+        out=out / "data/eval",
+        reports=out / "reports",
+        features=run / "no-features",
+        timings=out / "timings",
+        timing_name="evaluate",
+        params_file=params,
+    )
+
+
 def test_two_processes_and_evaluate(tiny_project: Path) -> None:
     """`accelerate launch` with 2 CPU processes (gloo) trains; `evaluate` (1 process) on the
     saved best checkpoint reproduces the dev metrics the 2 processes computed in training."""
@@ -231,18 +247,7 @@ def test_two_processes_and_evaluate(tiny_project: Path) -> None:
     assert summary["steps"] == 8
 
     out = run / "eval"
-    evaluate_stage.main(
-        model_dir=run / "models/iier",
-        vpwiki=root / "data/vpwiki",
-        dataset=root / "data/dataset",
-        answers=root / "data/answers/answers.parquet",
-        out=out / "data/eval",
-        reports=out / "reports",
-        features=run / "no-features",
-        timings=out / "timings",
-        timing_name="evaluate",
-        params_file=root / "params.yaml",
-    )
+    run_evaluate(root, run, out, root / "params.yaml")
     metrics = json.loads((out / "reports/metrics.json").read_text())
     assert {k: v for k, v in metrics["dev"].items() if k != "seeds"} == summary["best_dev"]
     subsets = {"dev_named", "dev_unnamed", "test_named", "test_unnamed"}
@@ -267,6 +272,20 @@ def test_two_processes_and_evaluate(tiny_project: Path) -> None:
         else None
     )
     assert hit is None or hit == first["rank"]
+
+    # the candidate stage with K = the KB size ranks exactly as exact ranking does
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"] = EVALUATE | {"candidates": {"k": 48, "index": "Flat", "batch": 16}}
+    (run / "params_candidates.yaml").write_text(yaml.safe_dump(params))
+    two = run / "eval_candidates"
+    run_evaluate(root, run, two, run / "params_candidates.yaml")
+    assert json.loads((two / "reports/metrics.json").read_text()) == metrics
+    report = json.loads((two / "reports/evaluate.json").read_text())
+    assert report["candidates"]["recall"] == {"dev": 100.0, "test": 100.0}
+    both = pd.read_parquet(two / "data/eval/top20.parquet")
+    assert both["rank"].tolist() == top["rank"].tolist()
+    assert both["top_qids"].map(list).tolist() == top["top_qids"].map(list).tolist()
+    assert both["recall@48"].all()
     shutil.rmtree(run)
 
 

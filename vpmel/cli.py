@@ -69,6 +69,12 @@ def link(
     dataset: Path = typer.Option(Path("data/dataset"), help="dataset folder with kb.parquet"),
     detective: Path = typer.Option(Path("models/detective"), help="tuned Detective-VLM"),
     cache: Path = typer.Option(Path("data/link"), help="where the KB index is cached"),
+    candidates: int = typer.Option(
+        None,
+        min=1,
+        help="score only the K best candidates of a FAISS first stage (huge KBs; "
+        "default: IIER scores the whole KB)",
+    ),
     save_prompted: Path = typer.Option(None, help="also save the prompted image here"),
     params_file: Path = typer.Option(PARAMS_FILE, "--params", help="for the prompt style"),
 ) -> None:
@@ -101,11 +107,13 @@ def link(
         raise _fail(problem) from None
 
     if batch is not None:
-        _link_batch(lines, batch, out, model, dataset, detective_dir, cache, style, top_k)
+        _link_batch(
+            lines, batch, out, model, dataset, detective_dir, cache, style, top_k, candidates
+        )
         return
 
     try:
-        linker = _load_linker(model, dataset, detective_dir, cache, style)
+        linker = _load_linker(model, dataset, detective_dir, cache, style, candidates)
         result = next(linker.link_many([Region(image, coords, text, loaded=loaded)], top_k))
         if isinstance(result, LinkError):
             raise result
@@ -120,12 +128,17 @@ def link(
 
 
 def _load_linker(
-    model: Path, dataset: Path, detective: Path | None, cache: Path, style: PromptStyle
+    model: Path,
+    dataset: Path,
+    detective: Path | None,
+    cache: Path,
+    style: PromptStyle,
+    candidates: int | None = None,
 ) -> Linker:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    linker = Linker(model, dataset, detective, cache, style)
+    linker = Linker(model, dataset, detective, cache, style, candidates=candidates)
     for warning in linker.warnings:
         err.print(f"vpmel link: warning: {warning}", markup=False, highlight=False)
     return linker
@@ -165,6 +178,7 @@ def _link_batch(
     cache: Path,
     style: PromptStyle,
     top_k: int,
+    candidates: int | None = None,
 ) -> None:
     """One JSON line per input line, in order, to ``out`` or stdout; a summary on stderr."""
     started = time.perf_counter()
@@ -177,7 +191,7 @@ def _link_batch(
     startup = 0.0
     if good:
         try:
-            linker = _load_linker(model, dataset, detective, cache, style)
+            linker = _load_linker(model, dataset, detective, cache, style, candidates)
         except (LinkError, ValueError, KeyError, OSError) as problem:
             raise _fail(problem) from None
         startup = linker.startup_seconds

@@ -309,6 +309,7 @@ class Linker:
         cache_dir: Path = Path("data/link"),
         style: PromptStyle = PromptStyle(),
         max_side: int = MAX_SIDE,
+        candidates: int | None = None,
     ) -> None:
         from vpmel.iier import IIER
         from vpmel.iier_data import InputConfig
@@ -325,6 +326,15 @@ class Linker:
         self.max_side = max_side
         enc = self.model.encoder
         self.store = self._kb_index(model_dir, dataset, Path(cache_dir))
+        self.candidates = None  # None: IIER scores the whole KB (exact ranking)
+        if candidates is not None:  # a FAISS stage picks `candidates` entities per region
+            from vpmel.candidates import CandidateConfig, Stored, TwoStageRanker, store_index
+
+            cfg = CandidateConfig(k=candidates)
+            index = store_index(self.model, self.store, cfg)
+            self.candidates = TwoStageRanker(
+                self.model, index, Stored(self.store), len(self.kb), candidates
+            )
         self.detective = None
         if use_answers and detective_dir is not None:
             from vpmel.detective import load_detective
@@ -444,13 +454,22 @@ class Linker:
             pixels = self.to_pixels([p.image for p in items])
             batch = {"pixel_values": pixels} | texts.batch(torch.arange(len(items)))
             mention = self.model.mention_side(self.model.encode(batch))
-            scores = score_block_rows(self.model, mention, self.store, 4096)
-            rows = torch.arange(scores.shape[1]).expand_as(scores)
-            k = min(top_k, scores.shape[1])
-            top_s, top_r = ordered_top_k(scores, rows, k, rows_sorted=True)
+            if self.candidates is None:
+                scores = score_block_rows(self.model, mention, self.store, 4096)
+                rows = torch.arange(scores.shape[1]).expand_as(scores)
+                k = min(top_k, scores.shape[1])
+                top_s, top_r = ordered_top_k(scores, rows, k, rows_sorted=True)
+            else:
+                self.candidates.k = top_k
+                no_gold = torch.full((len(items),), -1)
+                got = self.candidates.rank_side(mention, no_gold)
+                found = got["top_rows"] >= 0  # a short candidate list leaves gaps
+                top_s = [s[f] for s, f in zip(got["top_scores"], found, strict=True)]
+                top_r = [r[f] for r, f in zip(got["top_rows"], found, strict=True)]
         share = (time.perf_counter() - started) / len(items)
         results = []
-        for item, s_row, r_row in zip(items, top_s.tolist(), top_r.tolist(), strict=True):
+        top_s, top_r = ([x.tolist() for x in t] for t in (top_s, top_r))
+        for item, s_row, r_row in zip(items, top_s, top_r, strict=True):
             entities = []
             for rank, (s, r) in enumerate(zip(s_row, r_row, strict=True), 1):
                 row = self.kb.iloc[int(r)]
