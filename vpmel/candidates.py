@@ -121,15 +121,8 @@ def global_features(model: IIER, batch: dict[str, Tensor] | Features) -> SimpleN
         return SimpleNamespace(
             t_global=batch.t_global, h=h, v_tower=batch.v_tower, t_tower=batch.t_tower
         )
-    if "vision_cls" in batch:
-        cls_states, last = batch["vision_cls"], batch["vision_last"]
-    else:
-        cls_states, last = model.vision_hidden(batch["pixel_values"])
+    cls_states, last, hidden, mask = model.tower_states(batch)
     _, v_local = model.visual(cls_states, last)
-    mask = batch["attention_mask"]
-    hidden = batch.get("text_hidden")
-    if hidden is None:
-        hidden = model.text_hidden(batch["input_ids"], mask, batch.get("token_type_ids"))
     if model.textual.global_from_tower:
         t_global = F.normalize(pool_text(hidden, mask, model.textual.text_global), dim=-1)
     else:

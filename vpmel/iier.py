@@ -436,19 +436,25 @@ class IIER(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_text):
             return self.encoder.text_model(**kwargs).last_hidden_state
 
-    def encode(self, batch: dict[str, Tensor]) -> Features:
-        """Features of a batch holding ``pixel_values`` (or a frozen tower's cached
-        ``vision_cls`` and ``vision_last``), ``attention_mask`` and ``input_ids``
-        (+ ``token_type_ids``) or a frozen tower's cached ``text_hidden``."""
+    def tower_states(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(CLS states, last vision layer, text hidden states, attention mask) of a batch
+        holding ``pixel_values`` (or a frozen tower's cached ``vision_cls`` and
+        ``vision_last``), ``attention_mask`` and ``input_ids`` (+ ``token_type_ids``) or a
+        frozen tower's cached ``text_hidden``."""
         if "vision_cls" in batch:
             cls_states, last = batch["vision_cls"], batch["vision_last"]
         else:
             cls_states, last = self.vision_hidden(batch["pixel_values"])
-        v_global, v_local = self.visual(cls_states, last)
         mask = batch["attention_mask"]
         hidden = batch.get("text_hidden")
         if hidden is None:
             hidden = self.text_hidden(batch["input_ids"], mask, batch.get("token_type_ids"))
+        return cls_states, last, hidden, mask
+
+    def encode(self, batch: dict[str, Tensor]) -> Features:
+        """Features of a batch of model inputs (see :meth:`tower_states`)."""
+        cls_states, last, hidden, mask = self.tower_states(batch)
+        v_global, v_local = self.visual(cls_states, last)
         t_global, t_local = self.textual(hidden, mask)
         v_tower, t_tower = self.tower_embeddings(last, hidden, mask)
         return Features(v_global, v_local, t_global, t_local, mask, v_tower, t_tower)
