@@ -17,11 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_encoders import TINY, tiny_clip  # noqa: F401  (tiny_clip: a CLIPModel folder)
 from test_iier import tiny_config, tiny_encoder
-from test_train import EVALUATE, tiny_project  # noqa: F401  (a fixture: KB, mentions)
+from test_train import EVALUATE, run_evaluate, tiny_project  # noqa: F401  (a fixture)
 from typer.testing import CliRunner
 
 from stages import encoders as encoders_stage
-from stages import evaluate as evaluate_stage
 from stages import train as train_stage
 from vpmel.encoders import (
     MINILM_REF,
@@ -217,19 +216,8 @@ def test_paper_profile_trains_two_steps_and_evaluates(
         after = load_file(out / "seed_0/encoder" / tower / "model.safetensors")
         assert any(not torch.equal(before[k], after[k]) for k in before), tower
 
-    evaluate_stage.main(
-        model_dir=out,
-        vpwiki=root / "data/vpwiki",
-        dataset=root / "data/dataset",
-        answers=root / "data/answers/answers.parquet",
-        out=tmp_path / "eval",
-        reports=tmp_path / "eval_reports",
-        features=tmp_path / "no-features",
-        timings=tmp_path / "timings",
-        timing_name="evaluate",
-        params_file=params,
-    )
-    metrics = json.loads((tmp_path / "eval_reports/metrics.json").read_text())
+    run_evaluate(root, out, tmp_path / "eval", params)
+    metrics = json.loads((tmp_path / "eval/reports/metrics.json").read_text())
     assert metrics["test"]["n"] == 16
     dev = {k: v for k, v in metrics["dev"].items() if k != "seeds"}
     assert dev == summary["best_dev"]  # the stage reproduces training's exact dev ranking

@@ -198,16 +198,16 @@ def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -
     assert other["steps"] == 16
 
 
-def run_evaluate(root: Path, run: Path, out: Path, params: Path) -> None:
-    """The evaluate stage on ``run``'s checkpoint, writing under ``out``."""
+def run_evaluate(root: Path, model_dir: Path, out: Path, params: Path) -> None:
+    """The evaluate stage on the checkpoint(s) in ``model_dir``, writing under ``out``."""
     evaluate_stage.main(
-        model_dir=run / "models/iier",
+        model_dir=model_dir,
         vpwiki=root / "data/vpwiki",
         dataset=root / "data/dataset",
         answers=root / "data/answers/answers.parquet",
         out=out / "data/eval",
         reports=out / "reports",
-        features=run / "no-features",
+        features=out / "no-features",
         timings=out / "timings",
         timing_name="evaluate",
         params_file=params,
@@ -247,7 +247,7 @@ def test_two_processes_and_evaluate(tiny_project: Path) -> None:
     assert summary["steps"] == 8
 
     out = run / "eval"
-    run_evaluate(root, run, out, root / "params.yaml")
+    run_evaluate(root, run / "models/iier", out, root / "params.yaml")
     metrics = json.loads((out / "reports/metrics.json").read_text())
     assert {k: v for k, v in metrics["dev"].items() if k != "seeds"} == summary["best_dev"]
     subsets = {"dev_named", "dev_unnamed", "test_named", "test_unnamed"}
@@ -278,7 +278,7 @@ def test_two_processes_and_evaluate(tiny_project: Path) -> None:
     params["evaluate"] = EVALUATE | {"candidates": {"k": 48, "index": "Flat", "batch": 16}}
     (run / "params_candidates.yaml").write_text(yaml.safe_dump(params))
     two = run / "eval_candidates"
-    run_evaluate(root, run, two, run / "params_candidates.yaml")
+    run_evaluate(root, run / "models/iier", two, run / "params_candidates.yaml")
     assert json.loads((two / "reports/metrics.json").read_text()) == metrics
     report = json.loads((two / "reports/evaluate.json").read_text())
     assert report["candidates"]["recall"] == {"dev": 100.0, "test": 100.0}
