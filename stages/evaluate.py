@@ -46,7 +46,7 @@ from rich.progress import track
 from stages.console import clear_errors, console
 from vpmel.candidates import CandidateConfig, candidate_config, two_stage_ranker
 from vpmel.features import FeatureStore, encoder_id
-from vpmel.iier import ENCODER_DIR, IIER, seed_checkpoints
+from vpmel.iier import IIER, seed_checkpoints
 from vpmel.iier_data import IIERInputs, InputConfig, load_inputs, read_answers
 from vpmel.metrics import ranking_metrics
 from vpmel.params import PARAMS_FILE, load_params
@@ -119,7 +119,7 @@ def evaluate(
             inputs = InputConfig(**extra.get("inputs", {}))
             data = _load(vpwiki, dataset, answers, model, inputs)
             if model.text_frozen or model.vision_frozen:
-                store = FeatureStore.load(features, encoder_id(folder / ENCODER_DIR))
+                store = FeatureStore.load(features, encoder_id(model.encoder.folder))
                 data.cache_frozen(model, cfg.entity_batch, store)
         started = time.perf_counter()
 

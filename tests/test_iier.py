@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,8 +27,10 @@ from vpmel.iier import (
     VFI,
     IIERConfig,
     Scores,
+    VFIDirection,
     iier_loss,
 )
+from vpmel.iier_checkpoint import encoder_fingerprint
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -115,7 +119,7 @@ def ref_linear(x: torch.Tensor, fc: torch.nn.Linear) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ref_vfi(unit: VFI, v_m_g, v_e_g, v_e_l) -> float:
+def ref_vfi(unit: VFIDirection, v_m_g, v_e_g, v_e_l) -> float:
     """S_V^{M2E} for one pair, A.5."""
     h_p = v_e_l.mean(0)
     h_vc = ref_linear(ref_layer_norm(h_p + v_m_g, unit.norm_in), unit.fc)
@@ -159,9 +163,17 @@ def ref_cmfi_h(unit: CMFI, t_g, v_l) -> torch.Tensor:
 # ------------------------------------------------------------------------------ units
 
 
-def test_vfi_matches_equation() -> None:
+def sides(unit, mentions: SimpleNamespace, entities: SimpleNamespace):
+    """A unit's (mention side, entity side), each a namespace of the fields it returns."""
+    return (
+        SimpleNamespace(**unit.mention_side(mentions)),
+        SimpleNamespace(**unit.entity_side(entities)),
+    )
+
+
+def test_vfi_direction_matches_equation() -> None:
     torch.manual_seed(1)
-    unit = VFI(6)
+    unit = VFIDirection(6)
     for p in unit.parameters():
         torch.nn.init.normal_(p, std=0.5)  # LayerNorm affine too, so it is exercised
     q_g, t_g, t_l = torch.randn(3, 6), torch.randn(4, 6), torch.randn(4, 5, 6)
@@ -172,47 +184,73 @@ def test_vfi_matches_equation() -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_tfi_matches_equation_with_padding() -> None:
-    torch.manual_seed(2)
-    d = 8
-    unit = TFI(d)
-    for p in unit.parameters():
-        torch.nn.init.normal_(p, std=0.4)
-    t_e_l, t_m_l = torch.randn(3, 6, d), torch.randn(2, 5, d)
-    e_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
-    m_mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
-    t_e_g = torch.randn(3, d)
-    weight = e_mask.float() / e_mask.sum(1, keepdim=True)
-    bias = torch.zeros(2, 5).masked_fill(m_mask == 0, torch.finfo(torch.float32).min)
-    got = unit.pairwise(
-        unit.key(t_m_l) / math.sqrt(d),
-        unit.value(t_m_l),
-        bias,
-        unit.query(t_e_l),
-        weight,
-        unit.fc(t_e_g),
-    )
+def test_vfi_score_is_the_mean_of_both_directions() -> None:
+    """S_V = (S_V^{M2E} + S_V^{E2M}) / 2 (§5.4), each direction by A.5."""
+    torch.manual_seed(1)
+    unit = VFI(6)
+    for p in [*unit.m2e.parameters(), *unit.e2m.parameters()]:
+        torch.nn.init.normal_(p, std=0.5)
+    m = SimpleNamespace(v_global=torch.randn(3, 6), v_local=torch.randn(3, 5, 6))
+    e = SimpleNamespace(v_global=torch.randn(4, 6), v_local=torch.randn(4, 5, 6))
+    got = unit.score(*sides(unit, m, e))
     want = torch.tensor(
         [
             [
-                ref_tfi_g2l(unit, t_e_g[n], t_e_l[n], e_mask[n], t_m_l[b], m_mask[b])
-                for n in range(3)
+                (
+                    ref_vfi(unit.m2e, m.v_global[b], e.v_global[n], e.v_local[n])
+                    + ref_vfi(unit.e2m, e.v_global[n], m.v_global[b], m.v_local[b])
+                )
+                / 2
+                for n in range(4)
             ]
-            for b in range(2)
+            for b in range(3)
         ]
     )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_tfi_matches_equation_with_padding() -> None:
+    """S_T^{G2G}, S_T^{G2L} (A.5) and S_T = (S_T^{G2G} + S_T^{G2L}) / 2 (§5.4)."""
+    torch.manual_seed(2)
+    d = 8
+    unit = TFI(d)
+    for p in unit.parameters():
+        torch.nn.init.normal_(p, std=0.4)
+    e_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    m_mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    e = SimpleNamespace(t_global=torch.randn(3, d), t_local=torch.randn(3, 6, d), t_mask=e_mask)
+    m = SimpleNamespace(t_global=torch.randn(2, d), t_local=torch.randn(2, 5, d), t_mask=m_mask)
+    got = unit.score(*sides(unit, m, e))
+    g2l = torch.tensor(
+        [
+            [
+                ref_tfi_g2l(unit, e.t_global[n], e.t_local[n], e_mask[n], m.t_local[b], m_mask[b])
+                for n in range(3)
+            ]
+            for b in range(2)
+        ]
+    )
+    g2g = torch.tensor(
+        [[float(torch.dot(m.t_global[b], e.t_global[n])) for n in range(3)] for b in range(2)]
+    )
+    torch.testing.assert_close(got.g2l, g2l, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.g2g, g2g, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.s_t, (g2g + g2l) / 2, rtol=1e-5, atol=1e-5)
+
+
 def test_cmfi_matches_equation() -> None:
+    """h_e, h_m (A.5) and S_C = h_e · h_m (§5.4)."""
     torch.manual_seed(3)
     unit = CMFI(d_t=7, d_v=5, d_c=4)
     for p in unit.parameters():
         torch.nn.init.normal_(p, std=0.5)
-    t_g, v_l = torch.randn(3, 7), torch.randn(3, 6, 5)
-    got = unit(t_g, v_l)
-    want = torch.stack([ref_cmfi_h(unit, t_g[i], v_l[i]) for i in range(3)])
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    m = SimpleNamespace(t_global=torch.randn(3, 7), v_local=torch.randn(3, 6, 5))
+    e = SimpleNamespace(t_global=torch.randn(2, 7), v_local=torch.randn(2, 6, 5))
+    h_m = torch.stack([ref_cmfi_h(unit, m.t_global[i], m.v_local[i]) for i in range(3)])
+    h_e = torch.stack([ref_cmfi_h(unit, e.t_global[i], e.v_local[i]) for i in range(2)])
+    torch.testing.assert_close(unit(m.t_global, m.v_local), h_m, rtol=1e-5, atol=1e-5)
+    want = torch.tensor([[float(torch.dot(h_m[b], h_e[n])) for n in range(2)] for b in range(3)])
+    torch.testing.assert_close(unit.score(*sides(unit, m, e)), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layers", [PAPER_CLS_LAYERS, RELEASED_CLS_LAYERS])
@@ -516,3 +554,77 @@ def test_save_and_load_roundtrip(tmp_path: Path) -> None:
     with torch.no_grad():
         for a, b in zip(model(mentions, entities), loaded(mentions, entities), strict=True):
             assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def frozen_checkpoint(tmp_path: Path) -> tuple[IIER, Path]:
+    """Frozen towers loaded from ``models/encoder`` (as `train` loads them), saved to
+    ``ckpt``; the working directory is ``tmp_path``."""
+    torch.manual_seed(0)
+    tiny_encoder(tmp_path / "tok2").save(tmp_path / "models/encoder")
+    encoder = ImageTextEncoder.load(tmp_path / "models/encoder")
+    model = IIER(encoder, tiny_config(train_vision=False, train_text=False)).eval()
+    model.save(tmp_path / "ckpt")
+    return model, tmp_path / "ckpt"
+
+
+def test_a_checkpoint_refers_to_its_encoder_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, mentions, entities = model_and_batches(tmp_path / "tok")
+    monkeypatch.chdir(tmp_path)
+    model, ckpt = frozen_checkpoint(tmp_path)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["iier.json", "iier.safetensors"]
+    reference = json.loads((ckpt / "iier.json").read_text())["encoder"]
+    folder = tmp_path / "models/encoder"  # given absolute, recorded relative to the cwd
+    assert reference == {"path": "models/encoder", "sha1": encoder_fingerprint(folder)}
+    shutil.copytree(folder, tmp_path / "elsewhere")
+    with torch.no_grad():
+        want = model(mentions, entities)
+        for explicit in (None, tmp_path / "elsewhere"):  # the recorded folder, or a named one
+            loaded, _ = IIER.load(ckpt, explicit)
+            assert loaded.encoder.folder == (explicit or Path("models/encoder"))
+            for a, b in zip(want, loaded(mentions, entities), strict=True):
+                assert torch.equal(a, b)
+
+
+def test_an_encoder_other_than_the_trained_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _, ckpt = frozen_checkpoint(tmp_path)
+    trained = json.loads((ckpt / "iier.json").read_text())["encoder"]["sha1"]
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "models/encoder", other)
+    (other / "tokenizer/vocab.txt").write_text("changed\n")
+    with pytest.raises(ValueError) as refused:
+        IIER.load(ckpt, other)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{ckpt}: encoder {other} has sha1")
+    assert trained in message and encoder_fingerprint(other) in message
+    assert "--encoder DIR" in message and "retrain" in message
+    shutil.rmtree(tmp_path / "models/encoder")  # the recorded folder is gone
+    with pytest.raises(FileNotFoundError, match="models/encoder .* does not exist"):
+        IIER.load(ckpt)
+
+
+def test_trained_towers_and_old_checkpoints_carry_their_own_encoder(tmp_path: Path) -> None:
+    """Trained towers differ from any encoder folder: the checkpoint keeps a copy in
+    ``encoder/``, the layout every checkpoint had before references; both still load, and a
+    folder named explicitly must hold the same encoder."""
+    model, mentions, entities = model_and_batches(tmp_path / "tok")  # train_vision/text: True
+    model.save(tmp_path / "ckpt")
+    assert "encoder" not in json.loads((tmp_path / "ckpt/iier.json").read_text())
+    loaded, _ = IIER.load(tmp_path / "ckpt")
+    assert loaded.encoder.folder == tmp_path / "ckpt/encoder"
+    with torch.no_grad():
+        for a, b in zip(model(mentions, entities), loaded(mentions, entities), strict=True):
+            assert torch.equal(a, b)
+    same = tmp_path / "same"
+    shutil.copytree(tmp_path / "ckpt/encoder", same)
+    assert IIER.load(tmp_path / "ckpt", same)[0].encoder.folder == same
+    (same / "note.txt").write_text("not the trained encoder")
+    with pytest.raises(ValueError, match="has sha1"):
+        IIER.load(tmp_path / "ckpt", same)

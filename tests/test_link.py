@@ -18,11 +18,11 @@ from PIL import Image
 from test_iier import tiny_encoder
 from typer.testing import CliRunner
 
-import vpmel.iier
 from vpmel.cli import app
 from vpmel.iier import IIER, IIERConfig
+from vpmel.iier_checkpoint import encoder_fingerprint
 from vpmel.iier_data import InputConfig, entity_batches, kb_side
-from vpmel.link import IIER_FILES, Linker, LinkError, LinkResult, Region, parse_box, read_batch
+from vpmel.link import Linker, LinkError, LinkResult, Region, parse_box, read_batch
 from vpmel.retrieval import build_entity_store
 from vpmel.schema import KB_SCHEMA, write_table
 
@@ -107,9 +107,9 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = IIER.load.__func__
 
-    def load(cls, folder: Path):
+    def load(cls, folder: Path, encoder_dir: Path | None = None):
         calls.append(Path(folder))
-        return real(cls, folder)
+        return real(cls, folder, encoder_dir)
 
     monkeypatch.setattr(IIER, "load", classmethod(load))
     return calls
@@ -167,7 +167,6 @@ def test_bad_input_is_one_clear_line_before_any_model_loads(
 def test_a_broken_checkpoint_or_a_missing_detective_is_found_before_loading(
     project: Path, loads: list[Path], tmp_path: Path
 ) -> None:
-    assert IIER_FILES == (vpmel.iier.CONFIG_FILE, vpmel.iier.HEAD_FILE, vpmel.iier.ENCODER_DIR)
     reads_answers = tmp_path / "iier"
     shutil.copytree(project / "models/iier", reads_answers)
     meta = json.loads((reads_answers / "iier.json").read_text())
@@ -183,6 +182,35 @@ def test_a_broken_checkpoint_or_a_missing_detective_is_found_before_loading(
     code, out = _invoke(project, *no_vlm)
     assert code == 1 and "not a readable IIER checkpoint" in out, out
     assert loads == []
+
+
+def test_the_encoder_a_checkpoint_refers_to_is_checked_before_loading(
+    project: Path, loads: list[Path], tmp_path: Path
+) -> None:
+    """A `train` output (read by its first seed) whose checkpoint refers to its encoder
+    folder: a missing folder, or one other than the trained encoder, is one line before any
+    model loads; --encoder names the folder instead of the recorded one."""
+    ckpt = tmp_path / "iier/seed_0"
+    shutil.copytree(project / "models/iier", ckpt)
+    encoder = tmp_path / "moved"
+    shutil.move(ckpt / "encoder", encoder)
+    meta = json.loads((ckpt / "iier.json").read_text())
+    recorded = str(tmp_path / "models/encoder")  # where it was when trained: gone now
+    meta["encoder"] = {"path": recorded, "sha1": encoder_fingerprint(encoder)}
+    (ckpt / "iier.json").write_text(json.dumps(meta))
+    args = ["photo.png", "--box", "1,1,5,5", "--model", str(tmp_path / "iier"), "--json"]
+    code, out = _invoke(project, *args)
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+    assert f"its encoder folder {recorded} does not exist" in out and "--encoder DIR" in out
+    (encoder / "note.txt").write_text("not the trained encoder")
+    code, out = _invoke(project, *args, "--encoder", str(encoder))
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+    assert "has sha1" in out and meta["encoder"]["sha1"] in out
+    assert loads == []
+    (encoder / "note.txt").unlink()
+    code, out = _invoke(project, *args, "--encoder", str(encoder))
+    assert code == 0, out
+    assert loads == [tmp_path / "iier"]
 
 
 def test_bad_input_never_imports_torch(project: Path) -> None:

@@ -117,7 +117,7 @@ def global_features(model: IIER, batch: dict[str, Tensor] | Features) -> SimpleN
     :meth:`~IIER.encode` and :meth:`~IIER.entity_side` without TFI's queries (the per-token
     text FC and W_tq, most of the entity side's cost)."""
     if isinstance(batch, Features):  # encoder outputs given as they are (benchmarks)
-        h = model._unit_norm(model.cmfi(batch.t_global, batch.v_local))
+        h = model.cmfi.h(batch.t_global, batch.v_local)
         return SimpleNamespace(
             t_global=batch.t_global, h=h, v_tower=batch.v_tower, t_tower=batch.t_tower
         )
@@ -128,7 +128,7 @@ def global_features(model: IIER, batch: dict[str, Tensor] | Features) -> SimpleN
     else:
         t_global = model.textual(hidden, mask)[0]
     v_tower, t_tower = model.tower_embeddings(last, hidden, mask)
-    h = model._unit_norm(model.cmfi(t_global, v_local))
+    h = model.cmfi.h(t_global, v_local)
     return SimpleNamespace(t_global=t_global, h=h, v_tower=v_tower, t_tower=t_tower)
 
 

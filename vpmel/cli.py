@@ -66,6 +66,11 @@ def link(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     no_vlm: bool = typer.Option(False, "--no-vlm", help="do not run Detective-VLM (m_w empty)"),
     model: Path = typer.Option(Path("models/iier"), help="trained IIER checkpoint"),
+    encoder: Path = typer.Option(
+        None,
+        help="the encoder folder the checkpoint was trained with (default: the one it "
+        "records, models/encoder)",
+    ),
     dataset: Path = typer.Option(Path("data/dataset"), help="dataset folder with kb.parquet"),
     detective: Path = typer.Option(Path("models/detective"), help="tuned Detective-VLM"),
     cache: Path = typer.Option(Path("data/link"), help="where the KB index is cached"),
@@ -102,18 +107,17 @@ def link(
             coords = parse_box(box)
             loaded = open_region(image, coords)
             save_format = check_save_path(save_prompted) if save_prompted is not None else None
-        check_model_files(model, dataset, detective_dir)
+        check_model_files(model, dataset, detective_dir, encoder)
     except (LinkError, ValueError, KeyError, TypeError, OSError) as problem:
         raise _fail(problem) from None
 
     if batch is not None:
-        _link_batch(
-            lines, batch, out, model, dataset, detective_dir, cache, style, top_k, candidates
-        )
+        _link_batch(lines, batch, out, model, dataset, detective_dir, cache, style, top_k,
+                    candidates, encoder)  # fmt: skip
         return
 
     try:
-        linker = _load_linker(model, dataset, detective_dir, cache, style, candidates)
+        linker = _load_linker(model, dataset, detective_dir, cache, style, candidates, encoder)
         result = next(linker.link_many([Region(image, coords, text, loaded=loaded)], top_k))
         if isinstance(result, LinkError):
             raise result
@@ -134,11 +138,14 @@ def _load_linker(
     cache: Path,
     style: PromptStyle,
     candidates: int | None = None,
+    encoder: Path | None = None,
 ) -> Linker:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    linker = Linker(model, dataset, detective, cache, style, candidates=candidates)
+    linker = Linker(
+        model, dataset, detective, cache, style, candidates=candidates, encoder_dir=encoder
+    )
     for warning in linker.warnings:
         err.print(f"vpmel link: warning: {warning}", markup=False, highlight=False)
     return linker
@@ -179,6 +186,7 @@ def _link_batch(
     style: PromptStyle,
     top_k: int,
     candidates: int | None = None,
+    encoder: Path | None = None,
 ) -> None:
     """One JSON line per input line, in order, to ``out`` or stdout; a summary on stderr."""
     started = time.perf_counter()
@@ -191,7 +199,7 @@ def _link_batch(
     startup = 0.0
     if good:
         try:
-            linker = _load_linker(model, dataset, detective, cache, style, candidates)
+            linker = _load_linker(model, dataset, detective, cache, style, candidates, encoder)
         except (LinkError, ValueError, KeyError, OSError) as problem:
             raise _fail(problem) from None
         startup = linker.startup_seconds

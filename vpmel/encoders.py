@@ -150,6 +150,8 @@ class ImageTextEncoder(nn.Module):
         self.max_text_length = max_text_length
         # where the text tower comes from when it is not saved with the model (a reference)
         self.text_source = text_source
+        # the folder it was loaded from (an IIER checkpoint refers to it); None: built here
+        self.folder: Path | None = None
         self.visual_projection = nn.Linear(vision_model.config.hidden_size, projection_dim, False)
         self.text_projection = nn.Linear(text_model.config.hidden_size, projection_dim, False)
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
@@ -313,6 +315,7 @@ class ImageTextEncoder(nn.Module):
         model.logit_scale.data.copy_(state["logit_scale"])
         if is_reference:
             model.freeze_text()
+        model.folder = folder
         return model.eval()
 
     @classmethod

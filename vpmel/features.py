@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from vpmel.iier_checkpoint import encoder_fingerprint
 from vpmel.images import resolve_inside
 
 STORE_VERSION = 1
@@ -40,18 +41,6 @@ INDEX_FILE = "index.json"
 TEXTS_FILE = "texts.safetensors"
 IMAGES_FILE = "images.safetensors"
 BLANK_KEY = "no-image"
-
-
-def encoder_fingerprint(folder: Path) -> str:
-    """sha1 over every file of an encoder folder (relative name and bytes)."""
-    digest = hashlib.sha1()
-    folder = Path(folder)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def text_keys(
@@ -330,8 +319,10 @@ def build_features(
     return texts, images
 
 
-def encoder_id(folder: Path) -> str:
+def encoder_id(folder: Path | None) -> str:
     """The fingerprint a store is made with: the encoder folder's, or "none" without one
     (a hub model resolved on the fly is never matched by a store)."""
+    if folder is None:
+        return "none"
     folder = Path(folder)
     return encoder_fingerprint(folder) if any(folder.glob("*")) else "none"

@@ -41,9 +41,14 @@ and training can only add what the visual prompt and the units bring.
 Padding is masked everywhere: keys of padded mention tokens get no attention and padded
 entity query rows are left out of TFI's mean pooling (the released code does neither).
 
-Each unit is split into what depends on the entity alone (``entity_side``), on the mention
-alone (``mention_side``) and the pairwise rest (``score``), so :mod:`vpmel.retrieval` can
-precompute the entity side of the whole KB once. Training uses the very same functions.
+Each unit holds its own equations, split into what depends on the entity alone
+(``entity_side``), on the mention alone (``mention_side``) and the pairwise rest (``score``);
+:class:`IIER` composes them (the towers, the units' sides into :class:`EntitySide` /
+:class:`MentionSide`, and the combination into S), so :mod:`vpmel.retrieval` can precompute
+the entity side of the whole KB once. Training uses the very same functions.
+
+A checkpoint (:meth:`IIER.save`) refers to the encoder folder its towers come from instead
+of copying it (:mod:`vpmel.iier_checkpoint`).
 """
 
 from __future__ import annotations
@@ -59,6 +64,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from vpmel.iier_checkpoint import (
+    CONFIG_FILE,
+    ENCODER_DIR,
+    ENCODER_KEY,
+    HEAD_FILE,
+    checkpoint_encoder,
+    encoder_reference,
+    seed_checkpoints,
+)
+
 if TYPE_CHECKING:  # imported lazily: the units and scoring need only torch
     from vpmel.encoders import ImageTextEncoder
 
@@ -70,9 +85,6 @@ COMBINATIONS = ("scaled", "paper")
 INIT_TEMPERATURE = 1 / 0.07
 #: the terms the scaled combination weighs (each weight starts at zero) beside G2G
 SCALED_TERMS = ("G2L", "S_V", "S_C", "I2I", "I2T")
-CONFIG_FILE = "iier.json"
-HEAD_FILE = "iier.safetensors"
-ENCODER_DIR = "encoder"
 
 
 @dataclass(frozen=True)
@@ -239,10 +251,15 @@ def pool_text(states: Tensor, mask: Tensor, how: str) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ units
+#
+# Each unit holds its own equations (§5.4, Appendix A.5): ``entity_side`` and
+# ``mention_side`` turn a side's :class:`Features` into the fields of :class:`EntitySide` /
+# :class:`MentionSide` it needs, ``score`` their pairwise score(s) [B, N] from those fields.
+# ``cosine`` (the ``scaled`` combination) turns the unit's dot products into cosines.
 
 
-class VFI(nn.Module):
-    """Visual-Features Interaction, one direction (Appendix A.5). For M2E::
+class VFIDirection(nn.Module):
+    """One direction of VFI (Appendix A.5). For M2E::
 
         h̄_p  = MeanPooling(V_E^L)
         h_vc = FC(LayerNorm(h̄_p + V_M^G))
@@ -250,8 +267,8 @@ class VFI(nn.Module):
         h_v  = LayerNorm(h_vg * h_vc + V_E^G)
         S_V^{M2E} = h_v · V_M^G
 
-    E2M swaps the roles (a second instance). Here "query" is the side whose global feature
-    enters the first LayerNorm and the final dot product, "target" the other.
+    E2M swaps the roles. Here "query" is the side whose global feature enters the first
+    LayerNorm and the final dot product, "target" the other.
     """
 
     def __init__(self, d_v: int, cosine: bool = False) -> None:
@@ -272,6 +289,52 @@ class VFI(nn.Module):
         return torch.bmm(h_v, query_global.unsqueeze(-1)).squeeze(-1)
 
 
+class VFI:
+    """Visual-Features Interaction (§5.4, Appendix A.5)::
+
+        S_V^{M2E} = VFI_{M2E}(V_M^G, V_E^G, V_E^L)      (:class:`VFIDirection`)
+        S_V^{E2M} = VFI_{E2M}(V_E^G, V_M^G, V_M^L)
+        S_V       = (S_V^{M2E} + S_V^{E2M}) / 2
+
+    Each side keeps V^G and MeanPooling(V^L). The unit's weights are its two directions'
+    ``m2e`` and ``e2m``, which :class:`IIER` registers as ``vfi_m2e`` / ``vfi_e2m`` (the
+    names in checkpoints and training states), so the unit itself is a plain class.
+    """
+
+    def __init__(self, d_v: int, cosine: bool = False) -> None:
+        self.m2e = VFIDirection(d_v, cosine)
+        self.e2m = VFIDirection(d_v, cosine)
+
+    @staticmethod
+    def side(f: Features) -> dict[str, Tensor]:
+        """V^G and h̄_p = MeanPooling(V^L) of either side."""
+        return {"v_global": f.v_global, "v_pooled": f.v_local.mean(1)}
+
+    def entity_side(self, e: Features) -> dict[str, Tensor]:
+        return self.side(e)
+
+    def mention_side(self, m: Features) -> dict[str, Tensor]:
+        return self.side(m)
+
+    def score(self, m: MentionSide, e: EntitySide) -> Tensor:
+        """S_V [B, N]."""
+        s_v_m2e = self.m2e(m.v_global, e.v_pooled, e.v_global)
+        s_v_e2m = self.e2m(e.v_global, m.v_pooled, m.v_global).T
+        return (s_v_m2e + s_v_e2m) / 2
+
+
+class TextScores(NamedTuple):
+    """TFI's two scores [B, N]; ``s_t`` is the unit's S_T."""
+
+    g2g: Tensor
+    g2l: Tensor
+
+    @property
+    def s_t(self) -> Tensor:
+        """S_T = (S_T^{G2G} + S_T^{G2L}) / 2."""
+        return (self.g2g + self.g2l) / 2
+
+
 class TFI(nn.Module):
     """Textual-Features Interaction (§5.4, Appendix A.5)::
 
@@ -282,13 +345,16 @@ class TFI(nn.Module):
         S_T^{G2L} = FC(T_E^G) · h_t
         S_T       = (S_T^{G2G} + S_T^{G2L}) / 2
 
+    The entity side keeps T_E^G, FC(T_E^G), Q and the weights of the mean over its real
+    tokens; the mention side T_M^G, K / sqrt(d_T), V and the keys' padding bias.
     ``MeanPooling(H_t) = p̄ V`` with ``p̄`` the mean attention row, which is what
-    :meth:`score` computes: one GEMM for all query-key dot products of a block, no
+    :meth:`g2l` computes: one GEMM for all query-key dot products of a block, no
     [N, B, L, d] context tensor.
     """
 
     def __init__(self, d_t: int, d_global: int | None = None, cosine: bool = False) -> None:
         super().__init__()
+        self.d_t = d_t
         self.query = nn.Linear(d_t, d_t)
         self.key = nn.Linear(d_t, d_t)
         self.value = nn.Linear(d_t, d_t)
@@ -296,47 +362,68 @@ class TFI(nn.Module):
         self.fc = nn.Linear(d_global or d_t, d_t)  # FC(T_E^G); T^G may be the tower's width
         self.cosine = cosine  # S_T^{G2L} = cos(FC(T_E^G), h_t) (``scaled``)
 
-    def pairwise(
-        self,
-        keys: Tensor,
-        values: Tensor,
-        key_bias: Tensor,
-        queries: Tensor,
-        query_weight: Tensor,
-        t_fc_global: Tensor,
-    ) -> Tensor:
-        """S_T^{G2L} [B, N] from the mention side (keys already / sqrt(d_T)) and entity side."""
+    def entity_side(self, e: Features) -> dict[str, Tensor]:
+        weight = e.t_mask.to(e.t_local.dtype)
+        t_fc_global = self.fc(e.t_global)
+        return {
+            "t_global": e.t_global,
+            "t_fc_global": F.normalize(t_fc_global, dim=-1) if self.cosine else t_fc_global,
+            "queries": self.query(e.t_local),
+            "query_weight": weight / weight.sum(1, keepdim=True).clamp(min=1.0),
+        }
+
+    def mention_side(self, m: Features) -> dict[str, Tensor]:
+        neg = torch.finfo(m.t_local.dtype).min
+        return {
+            "t_global": m.t_global,
+            "keys": self.key(m.t_local) / math.sqrt(self.d_t),
+            "values": self.value(m.t_local),
+            "key_bias": torch.zeros_like(m.t_mask, dtype=m.t_local.dtype).masked_fill(
+                m.t_mask == 0, neg
+            ),
+        }
+
+    def score(self, m: MentionSide, e: EntitySide) -> TextScores:
+        """S_T^{G2G} and S_T^{G2L} [B, N]."""
+        return TextScores(m.t_global @ e.t_global.T, self.g2l(m, e))
+
+    def g2l(self, m: MentionSide, e: EntitySide) -> Tensor:
+        """S_T^{G2L} [B, N]."""
+        queries, keys = e.queries, m.keys
         n, lq, d = queries.shape
         b, lk, _ = keys.shape
         logits = queries.reshape(n * lq, d) @ keys.reshape(b * lk, d).T  # [N*Lq, B*Lk]
-        logits = logits.view(n, lq, b, lk) + key_bias.view(1, 1, b, lk)
+        logits = logits.view(n, lq, b, lk) + m.key_bias.view(1, 1, b, lk)
         attention = torch.softmax(logits, dim=-1).view(n, lq, b * lk)
-        mean_row = torch.bmm(query_weight.unsqueeze(1).to(attention.dtype), attention)  # [N,1,B*Lk]
+        weight = e.query_weight.unsqueeze(1).to(attention.dtype)
+        mean_row = torch.bmm(weight, attention)  # [N, 1, B*Lk]
         mean_row = mean_row.view(n, b, lk).transpose(0, 1)  # [B, N, Lk]
-        h_t = self.norm(torch.bmm(mean_row, values))  # [B, N, d]
+        h_t = self.norm(torch.bmm(mean_row, m.values))  # [B, N, d]
         if self.cosine:  # t_fc_global arrives normalised (entity side)
             h_t = F.normalize(h_t, dim=-1)
-        return (h_t * t_fc_global.unsqueeze(0)).sum(-1)
+        return (h_t * e.t_fc_global.unsqueeze(0)).sum(-1)
 
 
 class CMFI(nn.Module):
-    """Cross-Modal Features Interaction (Appendix A.5), for one side (entity or mention)::
+    """Cross-Modal Features Interaction (§5.4, Appendix A.5), for one side (entity or
+    mention)::
 
         h_t = FC_c1(T^G),  H_v = FC_c2(V^L)
         α_i = softmax_i(h_t · H_v^i)            i = 1 .. n+1
         h_c = Σ_i α_i H_v^i
         h_g = Tanh(FC_c3(h_t))
-        h   = LayerNorm(h_g * h_t + h_c)
+        h   = LayerNorm(h_g * h_t + h_c)        (h_e, h_m; :meth:`forward`)
 
-    and ``S_C = h_e · h_m``.
+    and ``S_C = h_e · h_m`` (:meth:`score`).
     """
 
-    def __init__(self, d_t: int, d_v: int, d_c: int) -> None:
+    def __init__(self, d_t: int, d_v: int, d_c: int, cosine: bool = False) -> None:
         super().__init__()
         self.text_fc = nn.Linear(d_t, d_c)  # FC_c1
         self.image_fc = nn.Linear(d_v, d_c)  # FC_c2
         self.gate_fc = nn.Linear(d_c, d_c)  # FC_c3
         self.norm = nn.LayerNorm(d_c)
+        self.cosine = cosine  # S_C = cos(h_e, h_m) (``scaled``)
 
     def forward(self, t_global: Tensor, v_local: Tensor) -> Tensor:
         """[B, d_t], [B, P, d_v] -> h [B, d_c]."""
@@ -345,6 +432,21 @@ class CMFI(nn.Module):
         alpha = torch.softmax(torch.bmm(h_v, h_t.unsqueeze(-1)).squeeze(-1), dim=-1)  # [B, P]
         h_c = torch.bmm(alpha.unsqueeze(1), h_v).squeeze(1)
         return self.norm(torch.tanh(self.gate_fc(h_t)) * h_t + h_c)
+
+    def h(self, t_global: Tensor, v_local: Tensor) -> Tensor:
+        """h as the score reads it: L2-normalised under ``cosine``."""
+        h = self(t_global, v_local)
+        return F.normalize(h, dim=-1) if self.cosine else h
+
+    def entity_side(self, e: Features) -> dict[str, Tensor]:
+        return {"h": self.h(e.t_global, e.v_local)}
+
+    def mention_side(self, m: Features) -> dict[str, Tensor]:
+        return {"h": self.h(m.t_global, m.v_local)}
+
+    def score(self, m: MentionSide, e: EntitySide) -> Tensor:
+        """S_C [B, N]."""
+        return m.h @ e.h.T
 
 
 # ------------------------------------------------------------------------------ the model
@@ -371,10 +473,11 @@ class IIER(nn.Module):
         scaled = cfg.combination == "scaled"
         self.textual = TextualEncoder(text_width, cfg.d_t, cfg.text_global, scaled)
         d_global = text_width if scaled else cfg.d_t  # the width of T^G
-        self.vfi_m2e = VFI(cfg.d_v, cosine=scaled)
-        self.vfi_e2m = VFI(cfg.d_v, cosine=scaled)
+        self.vfi = VFI(cfg.d_v, cosine=scaled)
+        # VFI's weights, under the names checkpoints and training states use
+        self.vfi_m2e, self.vfi_e2m = self.vfi.m2e, self.vfi.e2m
         self.tfi = TFI(cfg.d_t, d_global, cosine=scaled)
-        self.cmfi = CMFI(d_global, cfg.d_v, cfg.d_c)
+        self.cmfi = CMFI(d_global, cfg.d_v, cfg.d_c, cosine=scaled)
         if scaled:
             # log temperatures of S (τ_O) and of the units' own scores (τ_V, τ_T, τ_C), and
             # the weights w_T, w_V, w_C of G2L, S_V and S_C in S, which start at zero
@@ -476,61 +579,42 @@ class IIER(nn.Module):
     def scaled(self) -> bool:
         return self.cfg.combination == "scaled"
 
-    def _unit_norm(self, x: Tensor) -> Tensor:
-        """Rows L2-normalised under ``scaled`` (the cosine terms), unchanged for ``paper``."""
-        return F.normalize(x, dim=-1) if self.scaled else x
-
     def entity_side(self, e: Features) -> EntitySide:
-        """Everything that depends on the entity alone."""
-        weight = e.t_mask.to(e.t_local.dtype)
+        """Everything that depends on the entity alone: each unit's entity side and the
+        towers' own embeddings (``scaled``)."""
         return EntitySide(
-            v_global=e.v_global,
-            v_pooled=e.v_local.mean(1),
-            t_global=e.t_global,
-            t_fc_global=self._unit_norm(self.tfi.fc(e.t_global)),
-            queries=self.tfi.query(e.t_local),
-            query_weight=weight / weight.sum(1, keepdim=True).clamp(min=1.0),
-            h=self._unit_norm(self.cmfi(e.t_global, e.v_local)),
+            **self.vfi.entity_side(e),
+            **self.tfi.entity_side(e),
+            **self.cmfi.entity_side(e),
             v_tower=e.v_tower,
             t_tower=e.t_tower,
         )
 
     def mention_side(self, m: Features) -> MentionSide:
         """Everything that depends on the mention alone."""
-        neg = torch.finfo(m.t_local.dtype).min
         return MentionSide(
-            v_global=m.v_global,
-            v_pooled=m.v_local.mean(1),
-            t_global=m.t_global,
-            keys=self.tfi.key(m.t_local) / math.sqrt(self.cfg.d_t),
-            values=self.tfi.value(m.t_local),
-            key_bias=torch.zeros_like(m.t_mask, dtype=m.t_local.dtype).masked_fill(
-                m.t_mask == 0, neg
-            ),
-            h=self._unit_norm(self.cmfi(m.t_global, m.v_local)),
+            **self.vfi.mention_side(m),
+            **self.tfi.mention_side(m),
+            **self.cmfi.mention_side(m),
             v_tower=m.v_tower,
         )
 
     def score(self, m: MentionSide, e: EntitySide) -> Scores:
-        """All pairwise scores [B, N] (§5.4, §5.5), combined as ``cfg.combination`` says."""
-        s_v_m2e = self.vfi_m2e(m.v_global, e.v_pooled, e.v_global)
-        s_v_e2m = self.vfi_e2m(e.v_global, m.v_pooled, m.v_global).T
-        s_v = (s_v_m2e + s_v_e2m) / 2
-        g2g = m.t_global @ e.t_global.T
-        g2l = self.tfi.pairwise(
-            m.keys, m.values, m.key_bias, e.queries, e.query_weight, e.t_fc_global
-        )
-        s_c = m.h @ e.h.T
+        """All pairwise scores [B, N] (§5.4, §5.5): the units' S_V, S_T, S_C, combined as
+        ``cfg.combination`` says."""
+        s_v = self.vfi.score(m, e)
+        text = self.tfi.score(m, e)
+        s_c = self.cmfi.score(m, e)
         if not self.scaled:  # the paper: S = (S_V + S_T + S_C) / 3
-            s_t = (g2g + g2l) / 2
+            s_t = text.s_t
             return Scores((s_v + s_t + s_c) / 3, s_v, s_t, s_c)
         # scaled: S = τ_O (G2G + w_T G2L + w_V S_V + w_C S_C + w_I I2I + w_X I2T), cosines
         tau = self.log_temperature.clamp(max=math.log(100.0)).exp()
         w_t, w_v, w_c, w_i, w_x = self.unit_weight
         i2i = m.v_tower @ e.v_tower.T  # the towers' own image-image cosine
         i2t = m.v_tower @ e.t_tower.T  # ... and mention image vs entity text
-        s = tau[0] * (g2g + w_t * g2l + w_v * s_v + w_c * s_c + w_i * i2i + w_x * i2t)
-        return Scores(s, tau[1] * s_v, tau[2] * (g2g + g2l) / 2, tau[3] * s_c)
+        s = tau[0] * (text.g2g + w_t * text.g2l + w_v * s_v + w_c * s_c + w_i * i2i + w_x * i2t)
+        return Scores(s, tau[1] * s_v, tau[2] * text.s_t, tau[3] * s_c)
 
     def forward(self, mentions: dict[str, Tensor], entities: dict[str, Tensor]) -> Scores:
         """Scores of every mention of the batch against every entity of the batch."""
@@ -549,20 +633,29 @@ class IIER(nn.Module):
         }
 
     def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
-        """``folder/encoder/`` (the towers, :meth:`ImageTextEncoder.save`),
-        ``folder/iier.safetensors`` (heads and units) and ``folder/iier.json`` (config and
-        ``extra``, e.g. how the inputs were built)."""
+        """``folder/iier.safetensors`` (heads and units) and ``folder/iier.json`` (config,
+        ``extra``, e.g. how the inputs were built, and the reference to the encoder folder
+        the towers were loaded from; see :mod:`vpmel.iier_checkpoint`). Towers that were
+        trained, or that come from no folder, are saved in ``folder/encoder/`` instead
+        (:meth:`ImageTextEncoder.save`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.encoder.save(folder / ENCODER_DIR)
+        meta: dict[str, Any] = {"format": 1, "config": asdict(self.cfg), "extra": extra or {}}
+        source = self.encoder.folder
+        if source is None or self.cfg.train_vision or self.cfg.train_text:
+            self.encoder.save(folder / ENCODER_DIR)
+        else:
+            meta[ENCODER_KEY] = encoder_reference(source)
         save_file(self.head_state(), folder / HEAD_FILE)
-        meta = {"format": 1, "config": asdict(self.cfg), "extra": extra or {}}
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
     @classmethod
-    def load(cls, folder: Path) -> tuple[IIER, dict[str, Any]]:
+    def load(cls, folder: Path, encoder_dir: Path | None = None) -> tuple[IIER, dict[str, Any]]:
         """Read a folder written by :meth:`save`; returns (model in eval mode, extra). A
-        `train` output with one checkpoint per seed (``seed_<s>/``) loads its first seed."""
+        `train` output with one checkpoint per seed (``seed_<s>/``) loads its first seed.
+        The towers come from ``encoder_dir`` when given, else from the encoder folder the
+        checkpoint records (or its own ``encoder/``); a folder other than the one it was
+        trained with is refused (:func:`~vpmel.iier_checkpoint.checkpoint_encoder`)."""
         folder = seed_checkpoints(folder)[0][1]
         meta_path = folder / CONFIG_FILE
         if not meta_path.is_file():
@@ -572,7 +665,8 @@ class IIER(nn.Module):
         meta = json.loads(meta_path.read_text())
         # checkpoints written before `combination` existed used the paper's combination
         cfg = IIERConfig.from_dict({"combination": "paper"} | meta["config"])
-        model = cls(ImageTextEncoder.load(folder / ENCODER_DIR), cfg)
+        encoder = ImageTextEncoder.load(checkpoint_encoder(folder, meta, encoder_dir))
+        model = cls(encoder, cfg)
         missing, unexpected = model.load_state_dict(load_file(folder / HEAD_FILE), strict=False)
         missing = [k for k in missing if not k.startswith("encoder.")]
         if missing or unexpected:
@@ -599,22 +693,6 @@ def check_towers(cfg: IIERConfig, encoder: ImageTextEncoder) -> None:
             "train.text_global: cls on CLIP's causal text tower gives a constant T^G; use eos "
             "(or a BERT text tower)"
         )
-
-
-def seed_checkpoints(folder: Path) -> list[tuple[int | None, Path]]:
-    """(seed, checkpoint folder) of a `train` output: its ``seed_<s>/`` folders by seed, or
-    the folder itself when it is one checkpoint (seed None)."""
-    folder = Path(folder)
-    if (folder / CONFIG_FILE).is_file():
-        return [(None, folder)]
-    seeds = []
-    for sub in folder.glob("seed_*"):
-        tail = sub.name.removeprefix("seed_")
-        if (sub / CONFIG_FILE).is_file() and tail.lstrip("-").isdigit():
-            seeds.append((int(tail), sub))
-    if not seeds:
-        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE} or seed_*/; not an IIER checkpoint")
-    return sorted(seeds)
 
 
 def _post_layernorm(encoder: ImageTextEncoder) -> nn.Module | None:

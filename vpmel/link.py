@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from vpmel.atomic import atomic_file
+from vpmel.iier_checkpoint import CONFIG_FILE, HEAD_FILE, checkpoint_encoder, seed_checkpoints
 from vpmel.images import ImageProblem, LoadedImage, load_image
 from vpmel.prompts import PromptStyle, draw_prompt
 
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
 
 PROMPTED = "prompted.png"
 MAX_SIDE = 1024
-#: files of a checkpoint written by ``IIER.save`` (vpmel.iier's CONFIG_FILE, HEAD_FILE,
-#: ENCODER_DIR; repeated here so checking them does not import torch)
-IIER_FILES = ("iier.json", "iier.safetensors", "encoder")
 #: decoded images a batch keeps from checking its lines to linking them (bytes of RGB)
 KEEP_DECODED_BYTES = 256 << 20
 
@@ -90,15 +88,26 @@ def open_region(image_path: Path, box: list[float], max_side: int = MAX_SIDE) ->
     return loaded
 
 
-def check_model_files(model_dir: Path, dataset: Path, detective_dir: Path | None = None) -> bool:
+def check_model_files(
+    model_dir: Path,
+    dataset: Path,
+    detective_dir: Path | None = None,
+    encoder_dir: Path | None = None,
+) -> bool:
     """Check that the files :class:`Linker` reads are there, without loading anything;
     returns whether the checkpoint reads Detective-VLM answers.
 
-    ``detective_dir`` None: Detective-VLM is not used (``--no-vlm``)."""
+    ``model_dir``: a checkpoint or a `train` output (its first seed is read);
+    ``detective_dir`` None: Detective-VLM is not used (``--no-vlm``); ``encoder_dir``: the
+    encoder folder instead of the one the checkpoint records (checked against its hash)."""
     model_dir, dataset = Path(model_dir), Path(dataset)
-    meta_path = model_dir / IIER_FILES[0]
-    if not meta_path.is_file():
-        raise LinkError(f"{model_dir}: no trained IIER checkpoint (run `dvc repro train`)")
+    try:
+        checkpoint = seed_checkpoints(model_dir)[0][1]
+    except FileNotFoundError:
+        raise LinkError(
+            f"{model_dir}: no trained IIER checkpoint (run `dvc repro train`)"
+        ) from None
+    meta_path = checkpoint / CONFIG_FILE
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         extra = meta.get("extra") or {}
@@ -107,9 +116,12 @@ def check_model_files(model_dir: Path, dataset: Path, detective_dir: Path | None
             raise ValueError("config or inputs is not an object")
     except (OSError, ValueError, KeyError, AttributeError) as problem:
         raise LinkError(f"{meta_path}: not a readable IIER checkpoint ({problem})") from None
-    for name in IIER_FILES[1:]:
-        if not (model_dir / name).exists():
-            raise LinkError(f"{model_dir}: incomplete IIER checkpoint, it has no {name}")
+    if not (checkpoint / HEAD_FILE).is_file():
+        raise LinkError(f"{checkpoint}: incomplete IIER checkpoint, it has no {HEAD_FILE}")
+    try:
+        checkpoint_encoder(checkpoint, meta, encoder_dir)
+    except (OSError, ValueError) as problem:
+        raise LinkError(str(problem)) from None
     if not (dataset / "kb.parquet").is_file():
         raise LinkError(f"{dataset}: no kb.parquet (run `dvc repro import`)")
     use_answers = bool(inputs.get("use_answers", True))  # InputConfig's default
@@ -310,6 +322,7 @@ class Linker:
         style: PromptStyle = PromptStyle(),
         max_side: int = MAX_SIDE,
         candidates: int | None = None,
+        encoder_dir: Path | None = None,
     ) -> None:
         from vpmel.iier import IIER
         from vpmel.iier_data import InputConfig
@@ -317,9 +330,9 @@ class Linker:
 
         started = time.perf_counter()
         model_dir, dataset = Path(model_dir), Path(dataset)
-        use_answers = check_model_files(model_dir, dataset, detective_dir)
+        use_answers = check_model_files(model_dir, dataset, detective_dir, encoder_dir)
         self.warnings: list[str] = []  # problems that did not stop it (e.g. an unwritable cache)
-        self.model, extra = IIER.load(model_dir)
+        self.model, extra = IIER.load(model_dir, encoder_dir)
         self.inputs = InputConfig(**extra.get("inputs", {}))
         self.kb = read_kb(dataset)
         self.style = style
