@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from vpmel.boxes import pairwise_iou, sliding_windows
+from vpmel.boxes import sliding_windows
 from vpmel.clip_annotator import ClipAnnotator, RegionScores, fit_calibration
 
 Track = Callable[..., object]
@@ -146,21 +146,6 @@ def random_proposal_boxes(
         windows = sliding_windows(w, h, window_sizes)
         out[i] = windows[rng.integers(len(windows))]
     return out
-
-
-def grounding_quality(boxes: np.ndarray, reference: Sequence, iou_min: float = 0.5) -> dict:
-    """Mean IoU and share with IoU >= iou_min over the mentions that have a reference."""
-    pairs = [(b, r) for b, r in zip(boxes, reference, strict=True) if r is not None]
-    if not pairs:
-        return {"n": 0, "mean_iou": None, "share_iou_ge_min": None}
-    ious = np.array(
-        [pairwise_iou(np.asarray(b)[None], np.asarray(r)[None])[0, 0] for b, r in pairs]
-    )
-    return {
-        "n": len(ious),
-        "mean_iou": round(float(ious.mean()), 4),
-        "share_iou_ge_min": round(float((ious >= iou_min).mean()), 4),
-    }
 
 
 def requests_for(mentions: pd.DataFrame, root: Path, template: str) -> list[Request]:

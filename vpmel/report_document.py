@@ -155,9 +155,11 @@ def write_report(src: Sources, variants: Variants, params: Mapping[str, Any]) ->
 
 
 def _construction(reports: Path) -> list[str]:
-    """VPWiki construction: counts (automatic and human), Table 1, grounding, entailment."""
+    """VPWiki construction: counts (automatic and human), Table 1, grounding quality (the
+    `ground` stage's backend, `split`'s IoU figures), entailment."""
     counts, table1 = _json(reports / "vpwiki_counts.json"), _json(reports / "vpwiki_table1.json")
     grounding, entail = _json(reports / "grounding.json"), _json(reports / "entail.json")
+    quality = _json(reports / "vpwiki_grounding.json")
     md = ["## VPWiki construction (Table 1, Appendix A.6)", ""]
     if counts:
         auto = {k: v for k, v in counts.items() if not k.startswith("human_")}
@@ -171,8 +173,8 @@ def _construction(reports: Path) -> list[str]:
         stats = pd.DataFrame(table1)
         rows = [[idx, *(round(float(v), 2) for v in r)] for idx, r in stats.iterrows()]
         md += [markdown_table(["", *stats.columns], rows), ""]
-    if grounding:
-        a, r = grounding["automatic"], grounding["random_proposal"]
+    if grounding and quality:
+        a, r = quality["automatic"], quality["random_proposal"]
         md += [markdown_table(["grounding", "mean IoU", "IoU ≥ 0.5"], [
             [f"{grounding['backend']} grounder", a["mean_iou"], a["share_iou_ge_min"]],
             ["random proposal", r["mean_iou"], r["share_iou_ge_min"]]]), ""]  # fmt: skip

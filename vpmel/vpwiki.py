@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vpmel.boxes import iou
+from vpmel.boxes import grounding_quality, iou
 from vpmel.label_studio import apply_human_boxes, human_decisions
 from vpmel.prompts import PromptStyle, draw_prompt
 from vpmel.split import SPLITS, split_by_pair
@@ -142,6 +142,27 @@ def _select(
     for name in SPLITS:
         counts[f"kept_{name}"] = int((df["split"] == name).sum())
     return df.reset_index(drop=True), counts, pd.concat(dropped, ignore_index=True), decisions
+
+
+def grounding_report(
+    mentions: pd.DataFrame, grounding: pd.DataFrame, iou_min: float
+) -> dict[str, object]:
+    """How well the grounding stage's boxes match the reference boxes, next to its
+    random-proposal baseline: for each, n (mentions with a reference), mean IoU and the share
+    with IoU >= ``iou_min`` (the filter's threshold, so this lives in `split`, not `ground`).
+
+    ``grounding`` has id, auto_box (None: grounding failed, counted as IoU 0) and
+    random_box; the reference is each mention's ``box`` in ``mentions``.
+    """
+    table = grounding.merge(mentions[["id", "box"]], on="id", how="left", validate="1:1")
+    automatic = np.array([[0.0] * 4 if b is None else list(b) for b in table["auto_box"]])
+    proposals = np.array([list(b) for b in table["random_box"]])
+    reference = [None if b is None else list(b) for b in table["box"]]
+    return {
+        "automatic": grounding_quality(automatic, reference, iou_min),
+        "random_proposal": grounding_quality(proposals, reference, iou_min),
+        "iou_min": iou_min,
+    }
 
 
 def _is_text(value: object) -> bool:
