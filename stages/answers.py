@@ -21,7 +21,7 @@ import torch
 import typer
 from accelerate import PartialState
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.answers import (
     OOF_FILE,
     AnswerCache,
@@ -36,10 +36,7 @@ from vpmel.detective import META_FILE, load_detective, read_meta
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     vpwiki: Path = typer.Option(Path("data/vpwiki"), help="the VPWiki dataset folder"),
     model_dir: Path = typer.Option(Path("models/detective"), help="the detective stage's model"),
@@ -135,6 +132,8 @@ def main(
         (reports / "detective.json").write_text(json.dumps(report, indent=1) + "\n")
         console.print(f"answers: generated {generated} in {seconds:.0f} s; {json.dumps(report)}")
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

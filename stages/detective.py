@@ -22,7 +22,7 @@ import torch
 import typer
 from accelerate import Accelerator, PartialState
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.answers import OOF_FILE, parsed_rows
 from vpmel.cross_fit import cross_fit
 from vpmel.detective import (
@@ -38,10 +38,7 @@ from vpmel.detective_training import TuneConfig, tune
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     vpwiki: Path = typer.Option(Path("data/vpwiki"), help="the VPWiki dataset folder"),
     base_dir: Path = typer.Option(
@@ -150,6 +147,8 @@ def main(
                 console.print(f"detective: out-of-fold answers for {len(oof)} train mentions "
                               f"({folds} folds, {seconds:.0f} s) -> {oof_file}")  # fmt: skip
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -25,7 +25,7 @@ import torch
 import typer
 from transformers.utils import logging as hf_logging
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.detective import DEMO, build_demo_tokenizer, build_demo_vlm, demo_vlm_config
 from vpmel.detective import image_token as processor_image_token
 from vpmel.detective_pretraining import (
@@ -42,10 +42,7 @@ from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
 from vpmel.world.generate import WorldConfig, vocabulary_sentences
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset (its KB)"),
     encoder_dir: Path = typer.Option(Path("models/encoder"), help="the vision tower's source"),
@@ -122,6 +119,8 @@ def main(
             f"(random init {before['names_marked_entity']:.1%}) -> {out}"
         )
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -33,7 +33,7 @@ import torch
 import typer
 from transformers.utils import logging as hf_logging
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.encoder_training import TrainConfig, ViewConfig, train_encoder
 from vpmel.encoders import (
     check_encoder_params,
@@ -55,7 +55,6 @@ KNOWN = {"backend", "hub_model", "towers", "threads", "model", "train"}
 TIMING_KEYS = ("train_seconds", "render_wait_seconds", "images_per_second", "resolve_seconds")
 
 
-@app.command()
 def main(
     dataset: Path = typer.Option(Path("data/dataset"), help="dataset folder (kb.parquet)"),
     out: Path = typer.Option(Path("models/encoder"), help="model folder to write"),
@@ -173,6 +172,8 @@ def _replace(folder: Path, write: Any) -> None:
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -40,13 +40,11 @@ from typing import Any
 import typer
 from accelerate import Accelerator
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.candidates import candidate_config
 from vpmel.evaluation import EvalConfig, evaluate, summary_lines
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
-
-app = typer.Typer(add_completion=False, help=__doc__)
 
 
 def eval_config(section: dict[str, Any]) -> EvalConfig:
@@ -64,7 +62,6 @@ def eval_config(section: dict[str, Any]) -> EvalConfig:
     return cfg
 
 
-@app.command()
 def main(
     model_dir: Path = typer.Option(Path("models/iier"), help="the train stage's checkpoint"),
     vpwiki: Path = typer.Option(Path("data/vpwiki"), help="the split stage's VPWiki folder"),
@@ -101,6 +98,8 @@ def main(
         console.print(f"evaluate: {line}")
     console.print(f"evaluate: {timing['pairs_per_s']:,} pairs/s -> {reports / 'metrics.json'}")
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -18,16 +18,13 @@ import pandas as pd
 import typer
 from rich.progress import track
 
-from stages.console import clear_errors, console
-from vpmel.annotate import build_backend, random_proposal_boxes, requests_for
-from vpmel.params import PARAMS_FILE, load_params
-from vpmel.schema import read_mentions
+from stages.common import annotation_inputs
+from stages.console import clear_errors, console, stage_app
+from vpmel.annotate import random_proposal_boxes, requests_for
+from vpmel.params import PARAMS_FILE
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset folder"),
     entail_dir: Path = typer.Option(Path("data/entail"), help="the entail stage's output"),
@@ -38,11 +35,9 @@ def main(
 ) -> None:
     with stage_timer("ground", reports / "timings"):
         with clear_errors("ground"):
-            params = load_params(None, params_file)
-            annotate = params["annotate"]
-            mentions = read_mentions(dataset)
             entailed = pd.read_parquet(entail_dir / "entailment.parquet")
-            backend = build_backend(annotate, params["encoders"], encoder_dir)
+            params, mentions, backend = annotation_inputs(dataset, encoder_dir, params_file)
+            annotate = params["annotate"]
         keep = set(entailed.loc[entailed["entailed"], "id"])
         todo = mentions[mentions["id"].isin(keep)].reset_index(drop=True)
         console.print(f"ground: {len(todo)} entailed mentions, backend {annotate['backend']}")
@@ -78,6 +73,8 @@ def main(
         (reports / "grounding.json").write_text(json.dumps(quality, indent=1) + "\n")
         console.print(f"ground: {json.dumps(quality)}")
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

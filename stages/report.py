@@ -13,11 +13,9 @@ from pathlib import Path
 
 import typer
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.report_document import Sources, Variants, write_report
-
-app = typer.Typer(add_completion=False, help=__doc__)
 
 BASELINES = {
     "clip_zero_shot": "CLIP zero-shot (demo encoder)",
@@ -46,7 +44,6 @@ LOSSES = {
 }
 
 
-@app.command()
 def main(
     reports: Path = typer.Option(Path("reports")),
     vpwiki: Path = typer.Option(Path("data/vpwiki")),
@@ -64,6 +61,8 @@ def main(
         path = write_report(src, variants, params)
     console.print(f"report: wrote {path}")
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

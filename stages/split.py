@@ -33,7 +33,7 @@ import pandas as pd
 import typer
 from rich.progress import track
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.contact_sheet import Tile, draw_contact_sheet
 from vpmel.label_studio import human_counts, read_human
 from vpmel.params import PARAMS_FILE, load_params
@@ -53,10 +53,7 @@ from vpmel.vpwiki import (
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset folder"),
     entail_dir: Path = typer.Option(Path("data/entail")),
@@ -154,6 +151,8 @@ def _contact_sheet(kept: pd.DataFrame, out: Path, path: Path, seed: int, n: int 
         tiles, path, title="VPWiki (demo): prompt = automatic box (red); reference (blue)"
     )
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()
