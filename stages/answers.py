@@ -12,7 +12,6 @@ untuned model).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from vpmel.answers import (
     model_answer_fn,
     with_out_of_fold,
 )
+from vpmel.atomic import atomic_file
 from vpmel.detective import META_FILE, load_detective, read_meta
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
@@ -117,10 +117,7 @@ def main(
                         "or answers.train_answers: final"
                     )
                 table = with_out_of_fold(table, pd.read_parquet(oof))
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".answers.parquet.tmp"
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, out / "answers.parquet")
+        atomic_file(out / "answers.parquet", lambda tmp: table.to_parquet(tmp, index=False))
         info = {
             "model": "untuned" if untuned else "tuned",
             "fingerprint": key,

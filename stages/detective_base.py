@@ -26,6 +26,7 @@ import typer
 from transformers.utils import logging as hf_logging
 
 from stages.console import clear_errors, console, stage_app
+from vpmel.atomic import staged_folder
 from vpmel.detective import DEMO, build_demo_tokenizer, build_demo_vlm, demo_vlm_config
 from vpmel.detective import image_token as processor_image_token
 from vpmel.detective_pretraining import (
@@ -94,12 +95,9 @@ def main(
         )
         model, result = tune(model, processor, corpus, tune_cfg)
         after = region_naming(model, processor, heldout, cfg.max_new_tokens)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with staged_folder(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            processor.save_pretrained(tmp)
         timing["pretrain_s"] = result.seconds
         timing["examples_per_s"] = round(result.steps * cfg.batch_size / result.seconds, 1)
         stats = {

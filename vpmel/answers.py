@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from vpmel.atomic import atomic_file
 from vpmel.detective import format_prompt, normalise, parse_answer, render_instruction
 from vpmel.detective import image_token as processor_image_token
 from vpmel.detective_training import load_image
@@ -137,9 +137,7 @@ class AnswerCache:
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_file(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def parsed_rows(ids: Sequence[str], raws: Sequence[str]) -> pd.DataFrame:

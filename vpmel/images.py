@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from vpmel.atomic import atomic_file
 from vpmel.quality import Reason
 
 #: Source formats written back as JPEG (quality 95); everything else becomes PNG.
@@ -368,13 +369,10 @@ def normalize_image(src: Path, dst: Path, max_side: int | None = 1024) -> Normal
     loaded = load_image(src, max_side)
     as_jpeg = loaded.source_format in JPEG_FORMATS
     final = output_path(dst, as_jpeg)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(final.name + ".partial")
     if as_jpeg:
-        loaded.image.save(partial, format="JPEG", quality=JPEG_QUALITY)
+        atomic_file(final, lambda tmp: loaded.image.save(tmp, format="JPEG", quality=JPEG_QUALITY))
     else:
-        loaded.image.save(partial, format="PNG")
-    os.replace(partial, final)
+        atomic_file(final, lambda tmp: loaded.image.save(tmp, format="PNG"))
     width, height = loaded.image.size
     return NormalizedImage(
         path=final,
