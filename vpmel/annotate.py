@@ -22,6 +22,7 @@ from PIL import Image
 
 from vpmel.boxes import sliding_windows
 from vpmel.clip_annotator import ClipAnnotator, RegionScores, fit_calibration
+from vpmel.images import open_rgb
 
 Track = Callable[..., object]
 
@@ -129,11 +130,7 @@ class ClipBackend:
 
 def _open(paths: Sequence[Path]) -> list[Image.Image]:
     """The images at ``paths``, loaded as RGB (files closed)."""
-    out = []
-    for path in paths:
-        with Image.open(path) as img:
-            out.append(img.convert("RGB"))
-    return out
+    return [open_rgb(path) for path in paths]
 
 
 def random_proposal_boxes(

@@ -43,6 +43,8 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from vpmel.images import ImageProblem, open_rgb
+
 IGNORE = -100
 
 
@@ -151,9 +153,8 @@ def load_image(path: str | Path | Image.Image) -> Image.Image:
     if isinstance(path, Image.Image):
         return path.convert("RGB")
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as err:
+        return open_rgb(path)
+    except ImageProblem as err:
         raise FileNotFoundError(f"cannot read image {path}: {err}") from None
 
 

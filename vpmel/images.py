@@ -218,6 +218,18 @@ def load_image(path: Path, max_side: int | None = 1024) -> LoadedImage:
         raise ImageProblem(Reason.UNREADABLE_IMAGE, f"{type(exc).__name__}: {message}") from None
 
 
+def open_rgb(path: Path | str, max_side: int | None = None) -> Image.Image:
+    """The image file ``path`` as 8-bit RGB: the one way every stage opens an image.
+
+    :func:`load_image`'s checks and conversions (ImageProblem for a missing, unreadable or
+    oversized file; EXIF orientation applied; transparency on white; 16 bit scaled), not
+    downscaled unless ``max_side`` says so. For an 8-bit RGB or gray file without EXIF
+    rotation (every image the import stage writes) these are the pixels of
+    ``Image.open(path).convert("RGB")``.
+    """
+    return load_image(Path(path), max_side).image
+
+
 def _decode(img: Image.Image, max_side: int | None) -> LoadedImage:
     source_format = img.format
     width, height = img.size

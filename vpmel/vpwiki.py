@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from vpmel.boxes import grounding_quality, iou
+from vpmel.images import open_rgb
 from vpmel.label_studio import apply_human_boxes, human_decisions
 from vpmel.prompts import PromptStyle, draw_prompt
 from vpmel.split import SPLITS, split_by_pair
@@ -188,8 +188,7 @@ def write_prompted_images(
         use_ref = cfg.prompt_box == "reference" and row.box is not None
         box = row.box if use_ref else row.auto_box
         rel = prompted_image_path(row.split, row.id)
-        with Image.open(dataset_root / row.image) as img:
-            prompted = draw_prompt(img, box, style)
+        prompted = draw_prompt(open_rgb(dataset_root / row.image), box, style)
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         prompted.save(out / rel)
         paths.append(rel)
