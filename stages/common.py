@@ -7,7 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from vpmel.annotate import Backend, build_backend
+from vpmel.annotate import build_backend
+from vpmel.annotation_backend import Backend
 from vpmel.params import load_params
 from vpmel.schema import read_mentions
 

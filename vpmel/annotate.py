@@ -5,48 +5,23 @@
 
 Backends: :class:`ClipBackend` (zero-shot with any CLIP-family encoder, the demo default)
 and :class:`vpmel.ofa_backend.OfaBackend` (modelscope OFA, as in the paper). Both take a
-list of :class:`Request` and answer in the same order.
+list of :class:`~vpmel.annotation_backend.Request` and answer in the same order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
+from vpmel.annotation_backend import Backend, Request, Track, no_progress
 from vpmel.boxes import sliding_windows
 from vpmel.clip_annotator import ClipAnnotator, RegionScores, fit_calibration
 from vpmel.images import open_rgb
-
-Track = Callable[..., object]
-
-
-def no_progress(it, **_):  # noqa: ANN001, ANN202 - same signature as rich.progress.track
-    return it
-
-
-@dataclass(frozen=True)
-class Request:
-    image: Path
-    text: str
-
-
-class Backend(Protocol):
-    def entail(self, requests: Sequence[Request], track: Track = no_progress) -> np.ndarray:
-        """Probability in [0, 1] per request."""
-        ...
-
-    def ground(
-        self, requests: Sequence[Request], track: Track = no_progress
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 4) boxes in image pixels and (N,) scores."""
-        ...
 
 
 class ClipBackend:

@@ -49,8 +49,7 @@ from scipy import ndimage
 from vpmel.encoders import DemoEncoderConfig, ImageTextEncoder, demo_encoder
 from vpmel.images import open_rgb
 from vpmel.prompts import PromptStyle, draw_prompt
-from vpmel.world.glyphs import alpha_bbox, fit
-from vpmel.world.scenes import compose_scene, draw_background, place_squares
+from vpmel.scenes import alpha_bbox, compose_scene, draw_background, fit, place_squares
 
 TEXT_VARIANTS = ("name", "name_type", "name_description")
 WHITE_LEVEL = 242  # an entity image's background: border-connected pixels this white or more
