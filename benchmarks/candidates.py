@@ -128,14 +128,14 @@ class DistractorKB:
 
 def load_demo(args: argparse.Namespace) -> tuple[IIER, object]:
     """The trained IIER of the first seed and its inputs, loaded as `evaluate` loads them."""
-    from stages.evaluate import _load
+    from vpmel.evaluation import load_data
     from vpmel.features import FeatureStore, encoder_id
     from vpmel.iier import seed_checkpoints
     from vpmel.iier_data import InputConfig
 
     seed, folder = seed_checkpoints(args.model_dir)[0]
     model, extra = IIER.load(folder)
-    data = _load(args.vpwiki, args.dataset, args.answers, model, InputConfig(**extra["inputs"]))
+    data = load_data(args.vpwiki, args.dataset, args.answers, model, InputConfig(**extra["inputs"]))
     store = FeatureStore.load(args.features, encoder_id(model.encoder.folder))
     data.cache_frozen(model, 64, store)
     say(f"loaded IIER {folder} and {len(data.kb_table):,} real entities")

@@ -23,9 +23,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stages.detective import usable
 from vpmel.answers import answer_forms, exact_match, model_answer_fn, parsed_rows
-from vpmel.detective import instruction_records, load_pretrained
+from vpmel.detective import instruction_records, load_pretrained, usable
 from vpmel.detective_training import TuneConfig, tune
 from vpmel.params import PARAMS_FILE, load_params
 

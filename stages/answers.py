@@ -12,7 +12,6 @@ untuned model).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import typer
 from accelerate import PartialState
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.answers import (
     OOF_FILE,
     AnswerCache,
@@ -32,14 +31,12 @@ from vpmel.answers import (
     model_answer_fn,
     with_out_of_fold,
 )
+from vpmel.atomic import atomic_file
 from vpmel.detective import META_FILE, load_detective, read_meta
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     vpwiki: Path = typer.Option(Path("data/vpwiki"), help="the VPWiki dataset folder"),
     model_dir: Path = typer.Option(Path("models/detective"), help="the detective stage's model"),
@@ -120,10 +117,7 @@ def main(
                         "or answers.train_answers: final"
                     )
                 table = with_out_of_fold(table, pd.read_parquet(oof))
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".answers.parquet.tmp"
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, out / "answers.parquet")
+        atomic_file(out / "answers.parquet", lambda tmp: table.to_parquet(tmp, index=False))
         info = {
             "model": "untuned" if untuned else "tuned",
             "fingerprint": key,
@@ -135,6 +129,8 @@ def main(
         (reports / "detective.json").write_text(json.dumps(report, indent=1) + "\n")
         console.print(f"answers: generated {generated} in {seconds:.0f} s; {json.dumps(report)}")
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.baselines import (
     box_following,
     clip_zero_shot_scores,
@@ -36,10 +36,7 @@ from vpmel.schema import read_kb
 from vpmel.subsets import SUBSETS, named_mentions, split_metrics, subset_key
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     vpwiki: Path = typer.Option(Path("data/vpwiki")),
     dataset: Path = typer.Option(Path("data/dataset")),
@@ -140,6 +137,8 @@ def run(
             f"{k} H@1 {m['H@1']} MRR {m['MRR']} (n={m['n']})"
             for k in keys for m in [results[name][k]]))  # fmt: skip
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

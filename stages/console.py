@@ -1,8 +1,8 @@
-"""What every stage shares: one console, one way to fail on bad input."""
+"""What every stage shares: one console, one way to fail on bad input, one way to make its app."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
@@ -30,3 +30,11 @@ def clear_errors(stage: str) -> Iterator[None]:
         text = escape(str(message))  # a message may hold [brackets]: text, not rich markup
         console.print(f"[bold red]{stage}: error:[/] {text}", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from None
+
+
+def stage_app(command: Callable[..., None], doc: str | None) -> typer.Typer:
+    """A stage's Typer app: ``command`` is its one command, ``doc`` (the stage module's
+    docstring) its help; no shell-completion options."""
+    app = typer.Typer(add_completion=False, help=doc)
+    app.command()(command)
+    return app

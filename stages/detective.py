@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import typer
 from accelerate import Accelerator, PartialState
 
-from stages.console import clear_errors, console
-from vpmel.answers import OOF_FILE, model_answer_fn, parsed_rows
+from stages.console import clear_errors, console, stage_app
+from vpmel.answers import OOF_FILE, parsed_rows
+from vpmel.cross_fit import cross_fit
 from vpmel.detective import (
     DEMO,
     PROMPT_FORMATS,
@@ -34,22 +32,13 @@ from vpmel.detective import (
     instruction_records,
     load_pretrained,
     save_detective,
+    usable,
 )
 from vpmel.detective_training import TuneConfig, tune
 from vpmel.params import PARAMS_FILE, load_params
-from vpmel.schema import ENTITY_TYPES
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-def usable(mentions: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Mentions with a gold name and one of the seven types (others cannot be targets)."""
-    ok = mentions["entity_name"].notna() & mentions["type"].isin(ENTITY_TYPES)
-    return mentions[ok], int((~ok).sum())
-
-
-@app.command()
 def main(
     vpwiki: Path = typer.Option(Path("data/vpwiki"), help="the VPWiki dataset folder"),
     base_dir: Path = typer.Option(
@@ -150,7 +139,8 @@ def main(
             parsed_rows([], []).to_parquet(oof_file, index=False)
         if folds > 1:
             oof, seconds = cross_fit(train, records, folds, int(p["seed"]), fresh, cfg, vpwiki,
-                                     prompt_format, cross, accelerator)  # fmt: skip
+                                     prompt_format, cross, accelerator,
+                                     lambda line: console.print(f"detective: {line}"))  # fmt: skip
             if main_process:
                 oof.to_parquet(oof_file, index=False)
                 timing["cross_fit_s"] = round(seconds, 1)
@@ -158,50 +148,7 @@ def main(
                               f"({folds} folds, {seconds:.0f} s) -> {oof_file}")  # fmt: skip
 
 
-def fold_of(pair_ids: pd.Series, folds: int, seed: int) -> np.ndarray:
-    """Fold per mention, whole image–text pairs together, from a seeded permutation."""
-    pairs = pd.unique(pair_ids.astype(str))
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    fold = {pairs[i]: rank % folds for rank, i in enumerate(order)}
-    return pair_ids.astype(str).map(fold).to_numpy()
-
-
-def cross_fit(
-    train: pd.DataFrame,
-    records: list[dict[str, str]],
-    folds: int,
-    seed: int,
-    fresh: Callable[[], tuple[Any, Any]],
-    cfg: TuneConfig,
-    vpwiki: Path,
-    prompt_format: str,
-    cross: dict[str, Any],
-    accelerator: Accelerator,
-) -> tuple[pd.DataFrame, float]:
-    """Answers for the train mentions from models that never saw them.
-
-    The final Detective-VLM has been tuned on every train mention, so its answers there are
-    far better than on dev/test (demo: name 50% vs 10%) and IIER, trained on them, learns to
-    trust m_w more than it should. Each fold's answers come from a model tuned, with the
-    same settings, on the other folds (K-fold cross-fitting, grouped by image–text pair).
-    """
-    start = time.perf_counter()
-    fold = fold_of(train["pair_id"], folds, seed)
-    parts = []
-    for k in range(folds):
-        model, processor = fresh()
-        rest = [r for r, f in zip(records, fold, strict=True) if f != k]
-        tuned, _ = tune(model, processor, rest, cfg, (), accelerator, progress=False)
-        held = train[fold == k]
-        answer = model_answer_fn(tuned.eval(), processor, vpwiki, prompt_format,
-                                 int(cross.get("batch_size", 32)),
-                                 int(cross.get("max_new_tokens", 12)))  # fmt: skip
-        parts.append(parsed_rows(list(held["id"]), answer(held)))
-        console.print(
-            f"detective: fold {k + 1}/{folds}: tuned on {len(rest)}, answered {len(held)}"
-        )
-    return pd.concat(parts, ignore_index=True), time.perf_counter() - start
-
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -25,7 +25,8 @@ import torch
 import typer
 from transformers.utils import logging as hf_logging
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
+from vpmel.atomic import staged_folder
 from vpmel.detective import DEMO, build_demo_tokenizer, build_demo_vlm, demo_vlm_config
 from vpmel.detective import image_token as processor_image_token
 from vpmel.detective_pretraining import (
@@ -42,10 +43,7 @@ from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
 from vpmel.world.generate import WorldConfig, vocabulary_sentences
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset (its KB)"),
     encoder_dir: Path = typer.Option(Path("models/encoder"), help="the vision tower's source"),
@@ -97,12 +95,9 @@ def main(
         )
         model, result = tune(model, processor, corpus, tune_cfg)
         after = region_naming(model, processor, heldout, cfg.max_new_tokens)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with staged_folder(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            processor.save_pretrained(tmp)
         timing["pretrain_s"] = result.seconds
         timing["examples_per_s"] = round(result.steps * cfg.batch_size / result.seconds, 1)
         stats = {
@@ -122,6 +117,8 @@ def main(
             f"(random init {before['names_marked_entity']:.1%}) -> {out}"
         )
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ import torch
 import typer
 from transformers.utils import logging as hf_logging
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
+from vpmel.atomic import staged_folder
 from vpmel.encoder_training import TrainConfig, ViewConfig, train_encoder
 from vpmel.encoders import (
     check_encoder_params,
@@ -48,14 +48,11 @@ from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
-
 KNOWN = {"backend", "hub_model", "towers", "threads", "model", "train"}
 # wall-clock figures: reports/timings/encoders.json, not the metrics file
 TIMING_KEYS = ("train_seconds", "render_wait_seconds", "images_per_second", "resolve_seconds")
 
 
-@app.command()
 def main(
     dataset: Path = typer.Option(Path("data/dataset"), help="dataset folder (kb.parquet)"),
     out: Path = typer.Option(Path("models/encoder"), help="model folder to write"),
@@ -113,7 +110,8 @@ def _demo(
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
     )
     result = train_encoder(kb, dataset, model_cfg, cfg, progress=True, log=console.print)
-    _replace(out, result.model.save)
+    with staged_folder(out) as tmp:
+        result.model.save(tmp)
     m = result.metrics
     console.print(
         f"encoders: {m['steps']} steps in {m['train_seconds']} s ({m['images_per_second']} "
@@ -143,7 +141,8 @@ def _hub(p: dict[str, Any], out: Path) -> dict[str, Any]:
         console.print(f"encoders: vision tower {towers.vision}, text tower {towers.text}")
         torch.manual_seed(0)  # the new projections
         model = load_hub_towers(towers)
-    _replace(out, model.save)
+    with staged_folder(out) as tmp:
+        model.save(tmp)
     return {
         "backend": "hub",
         "source": source,
@@ -161,18 +160,11 @@ def _dataclass(cls: Any, values: dict[str, Any], where: str) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def _replace(folder: Path, write: Any) -> None:
-    """Write a model folder through a temporary sibling, then swap it in."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -14,16 +14,13 @@ import pandas as pd
 import typer
 from rich.progress import track
 
-from stages.console import clear_errors, console
-from vpmel.annotate import build_backend, requests_for
-from vpmel.params import PARAMS_FILE, load_params
-from vpmel.schema import read_mentions
+from stages.common import annotation_inputs
+from stages.console import clear_errors, console, stage_app
+from vpmel.annotate import requests_for
+from vpmel.params import PARAMS_FILE
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset folder"),
     encoder_dir: Path = typer.Option(Path("models/encoder"), help="the encoders stage's model"),
@@ -33,10 +30,8 @@ def main(
 ) -> None:
     with stage_timer("entail", reports / "timings"):
         with clear_errors("entail"):
-            params = load_params(None, params_file)
+            params, mentions, backend = annotation_inputs(dataset, encoder_dir, params_file)
             annotate, threshold = params["annotate"], float(params["entail"]["threshold"])
-            mentions = read_mentions(dataset)
-            backend = build_backend(annotate, params["encoders"], encoder_dir)
         console.print(f"entail: {len(mentions)} mentions, backend {annotate['backend']}")
         requests = requests_for(mentions, dataset, annotate["hypothesis"])
         probability = backend.entail(requests, track=track)
@@ -60,6 +55,8 @@ def main(
         (reports / "entail.json").write_text(json.dumps(counts, indent=1) + "\n")
         console.print(f"entail: kept {counts['entailed']}, dropped {counts['dropped']} -> {out}")
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import typer
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from stages.train import resolve_config
 from vpmel.atomic import staged_folder
 from vpmel.encoders import resolve_encoder
@@ -31,15 +31,12 @@ from vpmel.params import PARAMS_FILE, load_params
 from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
-
 DEFAULT_ANSWERS = [
     Path("data/answers/answers.parquet"),
     Path("data/answers_untuned/answers.parquet"),
 ]
 
 
-@app.command()
 def main(
     vpwiki: Path = typer.Option(Path("data/vpwiki"), help="the split stage's VPWiki folder"),
     dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset (KB, images)"),
@@ -90,6 +87,8 @@ def main(
         timing.update(counts)
     console.print(f"features: {json.dumps(counts)} -> {out}")
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

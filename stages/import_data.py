@@ -14,16 +14,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.atomic import overlapping, staged_folder
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.readers import import_settings, read_dataset, write_dataset
 from vpmel.timings import stage_timer
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     out: Path = typer.Option(Path("data/dataset"), help="output dataset folder"),
     reports: Path = typer.Option(Path("reports"), help="where the data-quality report goes"),
@@ -88,6 +85,8 @@ def _show(summary: dict, out: Path, reports: Path) -> None:
     console.print(f"import: wrote {out}/kb.parquet, {out}/mentions.parquet, images under {out}")
     console.print(f"import: every dropped/fixed record is listed in {reports}/data_quality.json")
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -8,6 +8,9 @@ visual prompt (`prompt` params), splits 8:1:1 grouped by image–text pair and w
 - `data/vpwiki/{train,dev,test}.json` in the released VPWiki schema, prompted images in
   `data/vpwiki/{split}_img/`, and `data/vpwiki/mentions.parquet` (our table plus split,
   automatic box, IoU, prompted image, `source_image` relative to the imported dataset);
+- `reports/vpwiki_grounding.json`: mean IoU of the `ground` stage's boxes with the reference
+  boxes and the share with IoU >= `split.iou_min`, next to the same figures for its
+  random-proposal baseline;
 - `reports/vpwiki_counts.json` (counts at every step), `reports/vpwiki_table1.json` (the
   paper's Table 1), `reports/vpwiki_types.json` and `.png` (Figure 3a),
   `reports/vpwiki_dropped.csv` (every dropped mention and the step that dropped it) and
@@ -30,7 +33,7 @@ import pandas as pd
 import typer
 from rich.progress import track
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.contact_sheet import Tile, draw_contact_sheet
 from vpmel.label_studio import human_counts, read_human
 from vpmel.params import PARAMS_FILE, load_params
@@ -38,15 +41,19 @@ from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb, read_mentions
 from vpmel.split import table1, type_distribution
 from vpmel.timings import stage_timer
-from vpmel.vpwiki import BuildConfig, select, select_human, write_prompted_images, write_released
+from vpmel.vpwiki import (
+    BuildConfig,
+    grounding_report,
+    select,
+    select_human,
+    write_prompted_images,
+    write_released,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     dataset: Path = typer.Option(Path("data/dataset"), help="imported dataset folder"),
     entail_dir: Path = typer.Option(Path("data/entail")),
@@ -87,6 +94,8 @@ def main(
         )
 
         reports.mkdir(parents=True, exist_ok=True)
+        quality = grounding_report(mentions, grounding, cfg.iou_min)
+        (reports / "vpwiki_grounding.json").write_text(json.dumps(quality, indent=1) + "\n")
         (reports / "vpwiki_counts.json").write_text(json.dumps(counts, indent=1) + "\n")
         stats = table1(kept)
         (reports / "vpwiki_table1.json").write_text(stats.to_json(indent=1) + "\n")
@@ -142,6 +151,8 @@ def _contact_sheet(kept: pd.DataFrame, out: Path, path: Path, seed: int, n: int 
         tiles, path, title="VPWiki (demo): prompt = automatic box (red); reference (blue)"
     )
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

@@ -14,15 +14,12 @@ from pathlib import Path
 
 import typer
 
-from stages.console import clear_errors, console
+from stages.console import clear_errors, console, stage_app
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
 from vpmel.world.generate import WorldConfig, generate_world, world_contact_sheet
 
-app = typer.Typer(add_completion=False, help=__doc__)
 
-
-@app.command()
 def main(
     out: Path = typer.Option(Path("data/world"), help="output folder of the raw demo world"),
     reports: Path = typer.Option(Path("reports"), help="where the contact sheet and sizes go"),
@@ -49,6 +46,8 @@ def main(
         console.print(f"world: wrote {out} ({json.dumps(sizes)})")
         console.print(f"world: contact sheet {sheet}")
 
+
+app = stage_app(main, __doc__)
 
 if __name__ == "__main__":
     app()

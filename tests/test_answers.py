@@ -231,7 +231,7 @@ def test_train_rows_take_their_out_of_fold_answer() -> None:
 
 
 def test_folds_keep_pairs_together_and_are_seeded() -> None:
-    from stages.detective import fold_of
+    from vpmel.cross_fit import fold_of
 
     pairs = pd.Series(["p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6"])
     fold = fold_of(pairs, 2, seed=0)

@@ -50,7 +50,8 @@ def build_dataset(root: Path, n: int = 10) -> dict[str, Path]:
             "box": FAR if i == 4 else REFERENCE, "type": None, "source": "test",
         })  # fmt: skip
         ent.append({"id": f"m{i}", "entailed": i != 7, "probability": 0.2 if i == 7 else 0.9})
-        gro.append({"id": f"m{i}", "auto_box": None if i == 6 else AUTO, "ground_score": 0.5})
+        gro.append({"id": f"m{i}", "auto_box": None if i == 6 else AUTO, "ground_score": 0.5,
+                    "random_box": FAR})  # fmt: skip
     write_table(rows, MENTION_SCHEMA, dataset / "mentions.parquet")
     kb = [{"qid": q, "name": f"entity {q}", "type": t, "description": "", "images": []}
           for q, t in KB_TYPES.items()]  # fmt: skip
@@ -414,6 +415,13 @@ def test_cli_round_trip_and_the_split_stage(tmp_path: Path) -> None:
     assert not (reports / "vpwiki_human_decisions.csv").exists()
     counts = json.loads((reports / "vpwiki_counts.json").read_text())
     assert not [k for k in counts if k.startswith("human_")] and counts["kept"] == 7
+    # the grounding stage's boxes against the references: m4's reference is FAR, m6 failed
+    quality = json.loads((reports / "vpwiki_grounding.json").read_text())
+    assert quality == {
+        "automatic": {"n": 10, "mean_iou": 0.75, "share_iou_ge_min": 0.8},
+        "random_proposal": {"n": 10, "mean_iou": 0.1, "share_iou_ge_min": 0.1},
+        "iou_min": 0.5,
+    }
 
 
 def test_cli_bad_input_names_the_file(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpmel.annotate import Request
+from vpmel.annotation_backend import Request
 from vpmel.ofa_backend import OfaBackend, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -132,7 +132,9 @@ def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]
     # VPWiki: every imported mention is kept or dropped at one counted step
     counts = json.loads((repo / "reports/vpwiki_counts.json").read_text())
     assert counts["in"] == len(mentions)
-    vp = json.loads((repo / "reports/grounding.json").read_text())
+    grounded = json.loads((repo / "reports/grounding.json").read_text())
+    assert grounded["n_grounded"] > 0 and "automatic" not in grounded  # IoU: split's report
+    vp = json.loads((repo / "reports/vpwiki_grounding.json").read_text())
     assert vp["automatic"]["n"] > 0 and "random_proposal" in vp
     split_files = {s: json.loads((repo / f"data/vpwiki/{s}.json").read_text()) for s in SPLITS}
     assert sum(len(v) for v in split_files.values()) == counts["kept"]

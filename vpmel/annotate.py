@@ -5,47 +5,23 @@
 
 Backends: :class:`ClipBackend` (zero-shot with any CLIP-family encoder, the demo default)
 and :class:`vpmel.ofa_backend.OfaBackend` (modelscope OFA, as in the paper). Both take a
-list of :class:`Request` and answer in the same order.
+list of :class:`~vpmel.annotation_backend.Request` and answer in the same order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
-from vpmel.boxes import pairwise_iou, sliding_windows
+from vpmel.annotation_backend import Backend, Request, Track, no_progress
+from vpmel.boxes import sliding_windows
 from vpmel.clip_annotator import ClipAnnotator, RegionScores, fit_calibration
-
-Track = Callable[..., object]
-
-
-def no_progress(it, **_):  # noqa: ANN001, ANN202 - same signature as rich.progress.track
-    return it
-
-
-@dataclass(frozen=True)
-class Request:
-    image: Path
-    text: str
-
-
-class Backend(Protocol):
-    def entail(self, requests: Sequence[Request], track: Track = no_progress) -> np.ndarray:
-        """Probability in [0, 1] per request."""
-        ...
-
-    def ground(
-        self, requests: Sequence[Request], track: Track = no_progress
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 4) boxes in image pixels and (N,) scores."""
-        ...
+from vpmel.images import open_rgb
 
 
 class ClipBackend:
@@ -129,11 +105,7 @@ class ClipBackend:
 
 def _open(paths: Sequence[Path]) -> list[Image.Image]:
     """The images at ``paths``, loaded as RGB (files closed)."""
-    out = []
-    for path in paths:
-        with Image.open(path) as img:
-            out.append(img.convert("RGB"))
-    return out
+    return [open_rgb(path) for path in paths]
 
 
 def random_proposal_boxes(
@@ -146,21 +118,6 @@ def random_proposal_boxes(
         windows = sliding_windows(w, h, window_sizes)
         out[i] = windows[rng.integers(len(windows))]
     return out
-
-
-def grounding_quality(boxes: np.ndarray, reference: Sequence, iou_min: float = 0.5) -> dict:
-    """Mean IoU and share with IoU >= iou_min over the mentions that have a reference."""
-    pairs = [(b, r) for b, r in zip(boxes, reference, strict=True) if r is not None]
-    if not pairs:
-        return {"n": 0, "mean_iou": None, "share_iou_ge_min": None}
-    ious = np.array(
-        [pairwise_iou(np.asarray(b)[None], np.asarray(r)[None])[0, 0] for b, r in pairs]
-    )
-    return {
-        "n": len(ious),
-        "mean_iou": round(float(ious.mean()), 4),
-        "share_iou_ge_min": round(float((ious >= iou_min).mean()), 4),
-    }
 
 
 def requests_for(mentions: pd.DataFrame, root: Path, template: str) -> list[Request]:

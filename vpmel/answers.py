@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm.auto import tqdm
+from rich.progress import Progress
 
+from vpmel.atomic import atomic_file
 from vpmel.detective import format_prompt, normalise, parse_answer, render_instruction
 from vpmel.detective import image_token as processor_image_token
 from vpmel.detective_training import load_image
@@ -137,9 +137,7 @@ class AnswerCache:
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_file(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def parsed_rows(ids: Sequence[str], raws: Sequence[str]) -> pd.DataFrame:
@@ -171,12 +169,12 @@ def fill_cache(
     """
     cached = cache.cached_ids()
     todo = mentions[~mentions["id"].astype(str).isin(cached)].drop_duplicates("id")
-    bar = tqdm(total=len(todo), desc="answers", disable=not progress, mininterval=1.0)
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo.iloc[start : start + chunk_size]
-        cache.append(parsed_rows(chunk["id"].tolist(), list(answer_fn(chunk))))
-        bar.update(len(chunk))
-    bar.close()
+    with Progress(*Progress.get_default_columns(), disable=not progress) as bar:
+        task = bar.add_task("answers", total=len(todo))
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo.iloc[start : start + chunk_size]
+            cache.append(parsed_rows(chunk["id"].tolist(), list(answer_fn(chunk))))
+            bar.update(task, advance=len(chunk))
     return cache.load(), len(todo)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,19 +56,20 @@ def _remove(path: Path) -> None:
 
 
 def atomic_file(path: Path, write: Callable[[str], object]) -> None:
-    """``write(tmp)`` a file beside ``path``, then move it to ``path`` in one step. The file
-    gets the mode a newly created file gets under the umask (0666 & ~umask): writers such as
-    safetensors' create their files 0600."""
+    """``write(tmp)`` a file beside ``path`` (``.<name>.tmp``), then move it to ``path`` in
+    one step. The temporary name is fixed, so a killed write leaves at most that one file,
+    which the next write of ``path`` replaces (one writer per output at a time, as in every
+    stage). The file gets the mode a newly created file gets under the umask (0666 &
+    ~umask): writers such as safetensors' create their files 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    os.close(handle)
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        write(tmp)
+        write(str(tmp))
         umask = os.umask(0o022)  # reading the umask means setting it: put it back at once
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

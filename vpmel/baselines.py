@@ -33,14 +33,14 @@ from vpmel.encoder_training import TEXT_VARIANTS
 from vpmel.encoder_training import entity_texts as entity_text_variants
 from vpmel.encoders import ImageTextEncoder
 from vpmel.iier_data import mention_text_pairs
-from vpmel.images import load_image
+from vpmel.images import open_rgb
 from vpmel.prompts import PromptStyle, draw_prompt
 from vpmel.retrieval import pessimistic_ranks
 from vpmel.subsets import split_metrics
 
 
 def load_images(root: Path, paths: Sequence[str | None]) -> list:
-    return [None if p is None else load_image(Path(root) / p).image for p in paths]
+    return [None if p is None else open_rgb(Path(root) / p, max_side=1024) for p in paths]
 
 
 @torch.no_grad()

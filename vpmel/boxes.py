@@ -60,3 +60,18 @@ def _starts(length: float, window: float, overlap: float) -> list[float]:
     starts = list(np.arange(0.0, length - window, step))
     starts.append(length - window)
     return starts
+
+
+def grounding_quality(boxes: np.ndarray, reference: Sequence, iou_min: float = 0.5) -> dict:
+    """Mean IoU and share with IoU >= iou_min over the mentions that have a reference."""
+    pairs = [(b, r) for b, r in zip(boxes, reference, strict=True) if r is not None]
+    if not pairs:
+        return {"n": 0, "mean_iou": None, "share_iou_ge_min": None}
+    ious = np.array(
+        [pairwise_iou(np.asarray(b)[None], np.asarray(r)[None])[0, 0] for b, r in pairs]
+    )
+    return {
+        "n": len(ious),
+        "mean_iou": round(float(ious.mean()), 4),
+        "share_iou_ge_min": round(float((ious >= iou_min).mean()), 4),
+    }

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from vpmel.images import ImageProblem, open_rgb
+from vpmel.quality import Reason
+
 Colour = str | tuple[int, int, int]
 BoxSpec = tuple[Sequence[float], Colour, str]  # ([x1, y1, x2, y2], colour, label)
 
@@ -42,12 +45,11 @@ def _load(image: Path | str | Image.Image | None) -> tuple[Image.Image | None, s
     if isinstance(image, Image.Image):
         return image.convert("RGB"), ""
     try:
-        with Image.open(image) as im:
-            return im.convert("RGB"), ""
-    except FileNotFoundError:
-        return None, f"missing image\n{Path(image).name}"
-    except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for bad files
-        return None, f"unreadable image\n{Path(image).name}\n{type(err).__name__}"
+        return open_rgb(image), ""
+    except ImageProblem as problem:
+        if problem.reason == Reason.MISSING_IMAGE:
+            return None, f"missing image\n{Path(image).name}"
+        return None, f"unreadable image\n{Path(image).name}\n{problem.detail.split(':')[0]}"
 
 
 def wrap(text: str, font: ImageFont.ImageFont, width: int, max_lines: int) -> list[str]:

@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pandas as pd
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
@@ -465,3 +466,9 @@ def instruction_records(
             }
         )
     return records
+
+
+def usable(mentions: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Mentions with a gold name and one of the seven types (others cannot be targets)."""
+    ok = mentions["entity_name"].notna() & mentions["type"].isin(ENTITY_TYPES)
+    return mentions[ok], int((~ok).sum())

@@ -38,10 +38,12 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
+from rich.progress import Progress, TextColumn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from vpmel.images import ImageProblem, open_rgb
 
 IGNORE = -100
 
@@ -151,9 +153,8 @@ def load_image(path: str | Path | Image.Image) -> Image.Image:
     if isinstance(path, Image.Image):
         return path.convert("RGB")
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as err:
+        return open_rgb(path)
+    except ImageProblem as err:
         raise FileNotFoundError(f"cannot read image {path}: {err}") from None
 
 
@@ -397,34 +398,29 @@ def tune(
 
     start, step = time.perf_counter(), 0
     train_curve, dev_curve = [], []
-    bar = tqdm(
-        total=cfg.epochs * len(train_loader),
-        desc="detective",
-        disable=not (progress and accelerator.is_local_main_process),
-        mininterval=1.0,
-    )
-    for epoch in range(cfg.epochs):
-        losses = []
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                loss = instruction_loss(model, batch, cfg.prompt_loss_weight)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            losses.append(float(loss.detach()))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
-        train_curve.append(sum(losses) / max(len(losses), 1))
-        if dev_loader is not None:
-            dev_curve.append(mean_loss(model, dev_loader, accelerator))
-            bar.set_postfix(
-                epoch=epoch + 1, loss=f"{train_curve[-1]:.3f}", dev=f"{dev_curve[-1]:.3f}"
-            )
-    bar.close()
+    columns = (*Progress.get_default_columns(), TextColumn("{task.fields[status]}"))
+    shown = progress and accelerator.is_local_main_process
+    with Progress(*columns, disable=not shown) as bar:
+        task = bar.add_task("detective", total=cfg.epochs * len(train_loader), status="")
+        for epoch in range(cfg.epochs):
+            losses = []
+            for batch in train_loader:
+                with accelerator.accumulate(model):
+                    loss = instruction_loss(model, batch, cfg.prompt_loss_weight)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                losses.append(float(loss.detach()))
+                step += 1
+                bar.update(task, advance=1, status=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
+            train_curve.append(sum(losses) / max(len(losses), 1))
+            if dev_loader is not None:
+                dev_curve.append(mean_loss(model, dev_loader, accelerator))
+                status = f"epoch {epoch + 1} loss {train_curve[-1]:.3f} dev {dev_curve[-1]:.3f}"
+                bar.update(task, status=status)
     accelerator.wait_for_everyone()
     result = TuneResult(
         steps=step,

@@ -47,9 +47,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from scipy import ndimage
 
 from vpmel.encoders import DemoEncoderConfig, ImageTextEncoder, demo_encoder
+from vpmel.images import open_rgb
 from vpmel.prompts import PromptStyle, draw_prompt
-from vpmel.world.glyphs import alpha_bbox, fit
-from vpmel.world.scenes import compose_scene, draw_background, place_squares
+from vpmel.scenes import alpha_bbox, compose_scene, draw_background, fit, place_squares
 
 TEXT_VARIANTS = ("name", "name_type", "name_description")
 WHITE_LEVEL = 242  # an entity image's background: border-connected pixels this white or more
@@ -135,8 +135,7 @@ class EntityImages:
                 plain.append(None)
                 scaled.append(None)
                 continue
-            with Image.open(Path(root) / images[0]) as im:
-                rgb = im.convert("RGB")
+            rgb = open_rgb(Path(root) / images[0])
             obj = cutout(rgb)
             plain.append(rgb)
             scaled.append({s: fit(obj, s) for s in CUTOUT_SIZES})

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from vpmel.images import ImageProblem, load_image, resolve_inside
+from vpmel.images import ImageProblem, open_rgb, resolve_inside
 
 BLANK_GREY = (127, 127, 127)  # the picture of a KB entity that has no image
 
@@ -163,7 +163,7 @@ class ImageBank:
             self.problems[row] = "no_image"
             return Image.new("RGB", (self.image_size, self.image_size), BLANK_GREY)
         try:
-            return load_image(resolve_inside(self.root, rel), self.max_side).image
+            return open_rgb(resolve_inside(self.root, rel), self.max_side)
         except ImageProblem as problem:
             raise ValueError(f"{self.root / rel} (row {row}): {problem}") from problem
 

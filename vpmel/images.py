@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from vpmel.atomic import atomic_file
 from vpmel.quality import Reason
 
 #: Source formats written back as JPEG (quality 95); everything else becomes PNG.
@@ -217,6 +218,18 @@ def load_image(path: Path, max_side: int | None = 1024) -> LoadedImage:
         raise ImageProblem(Reason.UNREADABLE_IMAGE, f"{type(exc).__name__}: {message}") from None
 
 
+def open_rgb(path: Path | str, max_side: int | None = None) -> Image.Image:
+    """The image file ``path`` as 8-bit RGB: the one way every stage opens an image.
+
+    :func:`load_image`'s checks and conversions (ImageProblem for a missing, unreadable or
+    oversized file; EXIF orientation applied; transparency on white; 16 bit scaled), not
+    downscaled unless ``max_side`` says so. For an 8-bit RGB or gray file without EXIF
+    rotation (every image the import stage writes) these are the pixels of
+    ``Image.open(path).convert("RGB")``.
+    """
+    return load_image(Path(path), max_side).image
+
+
 def _decode(img: Image.Image, max_side: int | None) -> LoadedImage:
     source_format = img.format
     width, height = img.size
@@ -368,13 +381,10 @@ def normalize_image(src: Path, dst: Path, max_side: int | None = 1024) -> Normal
     loaded = load_image(src, max_side)
     as_jpeg = loaded.source_format in JPEG_FORMATS
     final = output_path(dst, as_jpeg)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(final.name + ".partial")
     if as_jpeg:
-        loaded.image.save(partial, format="JPEG", quality=JPEG_QUALITY)
+        atomic_file(final, lambda tmp: loaded.image.save(tmp, format="JPEG", quality=JPEG_QUALITY))
     else:
-        loaded.image.save(partial, format="PNG")
-    os.replace(partial, final)
+        atomic_file(final, lambda tmp: loaded.image.save(tmp, format="PNG"))
     width, height = loaded.image.size
     return NormalizedImage(
         path=final,

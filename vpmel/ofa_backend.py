@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vpmel.annotate import Request, Track, no_progress
+from vpmel.annotation_backend import Request, Track, no_progress
 
 RUNNER = Path(__file__).resolve().with_name("ofa_runner.py")
 MODELS_DIR = Path("models/ofa")

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from vpmel.images import open_rgb
 from vpmel.metrics import KS
 from vpmel.stats import mcnemar_exact, paired_bootstrap, seed_summary
 from vpmel.subsets import LABELS, SUBSETS, subset_key
@@ -165,10 +166,9 @@ def plot_hits(results: Mapping[str, Mapping[str, float]], path: Path, title: str
 def _thumb(path: Path | None, size: int) -> Image.Image:
     canvas = Image.new("RGB", (size, size), (235, 235, 235))
     if path is not None and Path(path).is_file():
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+        img = open_rgb(path)
+        img.thumbnail((size, size))
+        canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
     return canvas
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from vpmel.boxes import iou
+from vpmel.boxes import grounding_quality, iou
+from vpmel.images import open_rgb
 from vpmel.label_studio import apply_human_boxes, human_decisions
 from vpmel.prompts import PromptStyle, draw_prompt
 from vpmel.split import SPLITS, split_by_pair
@@ -144,6 +144,27 @@ def _select(
     return df.reset_index(drop=True), counts, pd.concat(dropped, ignore_index=True), decisions
 
 
+def grounding_report(
+    mentions: pd.DataFrame, grounding: pd.DataFrame, iou_min: float
+) -> dict[str, object]:
+    """How well the grounding stage's boxes match the reference boxes, next to its
+    random-proposal baseline: for each, n (mentions with a reference), mean IoU and the share
+    with IoU >= ``iou_min`` (the filter's threshold, so this lives in `split`, not `ground`).
+
+    ``grounding`` has id, auto_box (None: grounding failed, counted as IoU 0) and
+    random_box; the reference is each mention's ``box`` in ``mentions``.
+    """
+    table = grounding.merge(mentions[["id", "box"]], on="id", how="left", validate="1:1")
+    automatic = np.array([[0.0] * 4 if b is None else list(b) for b in table["auto_box"]])
+    proposals = np.array([list(b) for b in table["random_box"]])
+    reference = [None if b is None else list(b) for b in table["box"]]
+    return {
+        "automatic": grounding_quality(automatic, reference, iou_min),
+        "random_proposal": grounding_quality(proposals, reference, iou_min),
+        "iou_min": iou_min,
+    }
+
+
 def _is_text(value: object) -> bool:
     return isinstance(value, str) and bool(value)
 
@@ -167,8 +188,7 @@ def write_prompted_images(
         use_ref = cfg.prompt_box == "reference" and row.box is not None
         box = row.box if use_ref else row.auto_box
         rel = prompted_image_path(row.split, row.id)
-        with Image.open(dataset_root / row.image) as img:
-            prompted = draw_prompt(img, box, style)
+        prompted = draw_prompt(open_rgb(dataset_root / row.image), box, style)
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         prompted.save(out / rel)
         paths.append(rel)

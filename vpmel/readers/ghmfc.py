@@ -21,6 +21,7 @@ from rich.progress import track
 
 from vpmel.images import ImageProblem
 from vpmel.quality import QualityReport, Reason
+from vpmel.readers import common
 from vpmel.readers.common import (
     Answer,
     ImageRef,
@@ -28,9 +29,6 @@ from vpmel.readers.common import (
     Kb,
     Malformed,
     MentionDraft,
-    answer_field,
-    data_file_label,
-    description_text,
     expect_object,
     find_span,
     kb_images,
@@ -59,7 +57,7 @@ def read_mentions(
 ) -> list[MentionDraft]:
     drafts: list[MentionDraft] = []
     for path in files:
-        label = data_file_label(path, src)
+        label = common.data_file_label(path, src)
         data = expect_object(load_json(path), path, "records keyed by sample id")
         parse = partial(_parse, src=src, source=source or "ghmfc", file=label)
         items = ((key, rec) for key, rec in data.pairs)
@@ -70,7 +68,7 @@ def read_mentions(
 def _parse(rec: Mapping, key: str, *, src: Path, source: str, file: str) -> MentionDraft:
     sentence = text_field(rec, "sentence")
     mention = text_field(rec, "mentions", default="").strip()
-    answer = answer_field(rec)
+    answer = common.answer_field(rec)
     record_id = key.strip()
     if not record_id:
         raise Malformed("empty sample id")
@@ -108,7 +106,7 @@ def load_kb(kb_dir: Path, store: ImageStore, report: QualityReport, progress: bo
             "qid": qid,
             "name": name.strip(),
             "type": None,
-            "description": description_text(abstracts.get(qid)),
+            "description": common.description_text(abstracts.get(qid)),
             "images": kb_images(qid, _present_images(kb_dir, qid, store), store, report),
         }
         kb.add(row)

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from rich.progress import track
 
+from vpmel.scenes import Box, Square, compose_scene, place_squares, relation
 from vpmel.schema import ENTITY_TYPES
 from vpmel.world.captions import MAX_NAMED, compose_caption, phrase
 from vpmel.world.emoji import (
@@ -52,7 +53,6 @@ from vpmel.world.emoji import (
     select_kb,
 )
 from vpmel.world.glyphs import kb_image, render_glyph
-from vpmel.world.scenes import Box, Square, compose_scene, place_squares, relation
 from vpmel.world.sheet import world_contact_sheet
 
 WIKIDATA = "https://www.wikidata.org/wiki/"

@@ -12,22 +12,15 @@ from functools import cache
 
 from PIL import Image, ImageDraw, ImageFont
 
+from vpmel.scenes import alpha_bbox, fit
 from vpmel.world.emoji import OPENMOJI_FONT, Emoji
 
 GLYPH_FONT_SIZE = 109  # a size the COLR0 font renders crisply; glyphs come out ~100-140 px
-ALPHA_THRESHOLD = 32  # alpha below this is anti-aliasing halo, not part of the object box
-_ALPHA_LUT = [255 if a >= ALPHA_THRESHOLD else 0 for a in range(256)]
 
 
 @cache
 def _font(size: int = GLYPH_FONT_SIZE) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(OPENMOJI_FONT), size)
-
-
-def alpha_bbox(image: Image.Image) -> tuple[int, int, int, int] | None:
-    """Tight box (x1, y1, x2, y2), x2/y2 exclusive, of pixels with alpha >= ALPHA_THRESHOLD."""
-    mask = image.getchannel("A").point(_ALPHA_LUT)
-    return mask.getbbox()
 
 
 def render_glyph(chars: str, size: int = GLYPH_FONT_SIZE) -> Image.Image:
@@ -45,14 +38,6 @@ def render_glyph(chars: str, size: int = GLYPH_FONT_SIZE) -> Image.Image:
 def render_glyphs(entities: Iterable[Emoji]) -> dict[str, Image.Image]:
     """QID -> cropped RGBA glyph, for every entity."""
     return {e.qid: render_glyph(e.chars) for e in entities}
-
-
-def fit(glyph: Image.Image, longest: int) -> Image.Image:
-    """Scale ``glyph`` so that its longer side is ``longest`` pixels (at least 1)."""
-    w, h = glyph.size
-    scale = longest / max(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return glyph.resize(size, Image.Resampling.LANCZOS)
 
 
 def kb_image(glyph: Image.Image, size: int) -> Image.Image:

@@ -1,4 +1,9 @@
-"""Scene composition: where objects go (planning) and how a scene is drawn (rendering).
+"""Synthetic scenes: where objects go (planning) and how a scene is drawn (rendering).
+
+The demo world's scenes (:mod:`vpmel.world`) and the encoder's training views
+(:mod:`vpmel.encoder_training`) are drawn with these primitives; they know nothing about
+either. An object is any RGBA image cropped to its alpha (an OpenMoji glyph, a cut-out
+entity image).
 
 Planning works on *squares*: each object gets a square ``(x, y, s)`` fully inside the
 image, and its glyph is later scaled so that its longer side is ``s`` and centred in the
@@ -23,9 +28,24 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vpmel.world.glyphs import alpha_bbox, fit
-
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
+
+ALPHA_THRESHOLD = 32  # alpha below this is anti-aliasing halo, not part of the object box
+_ALPHA_LUT = [255 if a >= ALPHA_THRESHOLD else 0 for a in range(256)]
+
+
+def alpha_bbox(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """Tight box (x1, y1, x2, y2), x2/y2 exclusive, of pixels with alpha >= ALPHA_THRESHOLD."""
+    mask = image.getchannel("A").point(_ALPHA_LUT)
+    return mask.getbbox()
+
+
+def fit(glyph: Image.Image, longest: int) -> Image.Image:
+    """Scale ``glyph`` so that its longer side is ``longest`` pixels (at least 1)."""
+    w, h = glyph.size
+    scale = longest / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return glyph.resize(size, Image.Resampling.LANCZOS)
 
 
 @dataclass(frozen=True)
