@@ -22,11 +22,11 @@ import torch
 import typer
 
 from stages.console import clear_errors, console
-from stages.train import resolve_config
 from vpmel.atomic import staged_folder
 from vpmel.encoders import resolve_encoder
 from vpmel.features import build_features, encoder_id, save_store
 from vpmel.iier_data import InputConfig, load_inputs, read_answers
+from vpmel.iier_training import resolve_config
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.schema import read_kb
 from vpmel.timings import stage_timer

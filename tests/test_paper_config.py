@@ -33,6 +33,7 @@ from vpmel.encoders import (
     towers_config,
 )
 from vpmel.iier import IIER
+from vpmel.iier_training import resolve_config
 from vpmel.params import apply_profile, load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +154,7 @@ def test_paper_profile_sets_everything_appendix_a1_states() -> None:
     assert paper["encoders"]["backend"] == "hub"
     assert (towers.vision, towers.text) == ("openai/clip-vit-base-patch32", "bert-base-uncased")
     assert (towers.text_pooling, towers.max_text_length) == ("cls", 40)
-    cfg = train_stage.resolve_config(paper["train"])
+    cfg = resolve_config(paper["train"])
     a1 = {
         "d_v": 96,
         "d_c": 96,
@@ -315,7 +316,7 @@ def test_guard_hub_towers_under_the_demo_backend() -> None:
 def test_guard_the_old_train_profile_paper() -> None:
     section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
     with pytest.raises(ValueError, match="train.profile: paper is now the top-level `profile:"):
-        train_stage.resolve_config(section | {"profile": "paper"})
+        resolve_config(section | {"profile": "paper"})
 
 
 def test_guard_unknown_keys(tmp_path: Path) -> None:
@@ -332,7 +333,7 @@ def test_guard_unknown_keys(tmp_path: Path) -> None:
         towers_config({"text_pooling": "max"})
     paper = apply_profile(raw | {"profile": "paper"})
     with pytest.raises(ValueError, match=r"unknown train params \['epoch'\]"):
-        train_stage.resolve_config(paper["train"] | {"epoch": 3})
+        resolve_config(paper["train"] | {"epoch": 3})
     # and through a stage: one line, before anything is loaded
     raw["profile"] = "paper"
     raw["profiles"]["paper"]["encoders"]["towers"]["txt"] = "x"

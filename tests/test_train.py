@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from test_iier import tiny_encoder
 
 from stages import evaluate as evaluate_stage
-from stages import train as train_stage
+from vpmel import iier_training as train_stage
 from vpmel.schema import KB_SCHEMA, write_table
 
 REPO = Path(__file__).resolve().parents[1]
