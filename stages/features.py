@@ -8,7 +8,7 @@ ablation and seed then load them instead of running the towers: with frozen towe
 run only trains and applies IIER's heads. A run's input that the store lacks is computed
 in-process, so the store never changes a result, only the time.
 
-Reads params `train` (for `max_text_length` under the chosen profile) and
+Reads params `train` (for `model.max_text_length` under the chosen profile) and
 `encoders.backend`; writes `reports/timings/features.json`.
 """
 
@@ -62,7 +62,7 @@ def main(
 
         def inputs(answer_map, prompted: bool):
             use = answer_map is not None
-            config = InputConfig(use, prompted, cfg.max_text_length)
+            config = InputConfig(use, prompted, cfg.model.max_text_length)
             return load_inputs(
                 mentions,
                 kb,

@@ -36,14 +36,17 @@ TRAIN = {
     "eval_batch": 8,
     "eval_block_mb": 1,
     "device": "cpu",
-    "d_v": 12,
-    "d_t": 20,
-    "d_c": 10,
-    "text_global": "mean",
-    "train_vision": True,
-    "train_text": False,
-    "profiles": {"paper": {"lr": 1e-5, "batch_size": 128, "epochs": 20, "d_t": 512}},
+    "model": {
+        "d_v": 12,
+        "d_t": 20,
+        "d_c": 10,
+        "text_global": "mean",
+        "train_vision": True,
+        "train_text": False,
+    },
+    "profiles": {"paper": {"lr": 1e-5, "batch_size": 128, "epochs": 20, "model": {"d_t": 512}}},
 }
+FROZEN = {"model": TRAIN["model"] | {"train_vision": False, "train_text": False}}
 EVALUATE = {"mention_batch": 8, "entity_batch": 8, "block_mb": 1, "top_k": 20, "device": "cpu"}
 
 
@@ -151,12 +154,24 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_profiles_and_unknown_params() -> None:
     paper = train_stage.resolve_config(TRAIN | {"profile": "paper"})
-    assert (paper.lr, paper.batch_size, paper.epochs, paper.d_t) == (1e-5, 128, 20, 512)
+    assert (paper.lr, paper.batch_size, paper.epochs, paper.model.d_t) == (1e-5, 128, 20, 512)
     assert train_stage.resolve_config(TRAIN).batch_size == 8
     with pytest.raises(ValueError, match="unknown train params"):
         train_stage.resolve_config(TRAIN | {"bacth_size": 3})
     with pytest.raises(ValueError, match="profile"):
         train_stage.resolve_config(TRAIN | {"profile": "huge"})
+    # a profile's model keys are merged into train.model key by key
+    layers = TRAIN | {"profile": "l12", "profiles": {"l12": {"model": {"cls_layers": [12]}}}}
+    model = train_stage.resolve_config(layers).model
+    assert (model.cls_layers, model.d_t, model.text_global) == ((12,), 20, "mean")
+    with pytest.raises(ValueError, match=r"unknown train.model params \['dt'\]"):
+        train_stage.resolve_config(TRAIN | {"model": {"dt": 3}})
+    # the old flat keys: one line saying where the key moved
+    with pytest.raises(ValueError, match=r"^train.d_t moved to train.model.d_t: "):
+        train_stage.resolve_config(TRAIN | {"d_t": 3})
+    old = TRAIN | {"profiles": {"l12": {"cls_layers": [12]}}}
+    with pytest.raises(ValueError, match=r"^train.profiles.l12.cls_layers moved to "):
+        train_stage.resolve_config(old)
 
 
 def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -> None:
@@ -351,10 +366,10 @@ def test_feature_store_serves_frozen_inputs_and_never_changes_them(tiny_project:
     store = FeatureStore.load(root / "features", encoder_id(root / "models/encoder"))
     assert store is not None and FeatureStore.load(root / "features", "another") is None
 
-    frozen = train_stage.resolve_config(TRAIN | {"train_vision": False, "train_text": False})
+    frozen = train_stage.resolve_config(TRAIN | FROZEN)
     from vpmel.encoders import ImageTextEncoder
 
-    model = IIER(ImageTextEncoder.load(root / "models/encoder"), frozen.model()).eval()
+    model = IIER(ImageTextEncoder.load(root / "models/encoder"), frozen.model).eval()
     mentions = pd.read_parquet(root / "data/vpwiki/mentions.parquet")
 
     def inputs(mentions: pd.DataFrame, use_answers: bool = True):
@@ -380,9 +395,7 @@ def test_feature_store_serves_frozen_inputs_and_never_changes_them(tiny_project:
     # two seeds from the store: one folder each, mean and per-seed summaries
     paths = paths_in(root, "seeds")
     paths = train_stage.dataclasses.replace(paths, features=root / "features")
-    cfg = train_stage.resolve_config(
-        TRAIN | {"train_vision": False, "train_text": False, "seeds": [3, 4], "eval_every": 2}
-    )
+    cfg = train_stage.resolve_config(TRAIN | FROZEN | {"seeds": [3, 4], "eval_every": 2})
     summary = train_stage.train_seeds(cfg, 1.0, {"backend": "demo"}, paths)
     assert summary["seeds"] == [3, 4]
     assert sorted(p.name for p in paths.out.iterdir()) == ["seed_3", "seed_4"]

@@ -590,14 +590,14 @@ def check_towers(cfg: IIERConfig, encoder: ImageTextEncoder) -> None:
     bad = [x for x in cfg.cls_layers if not 0 <= x <= layers]
     if bad:
         raise ValueError(
-            f"train.cls_layers {list(cfg.cls_layers)}: the vision tower has {layers} layers, "
+            f"train.model.cls_layers {list(cfg.cls_layers)}: the vision tower has {layers} layers, "
             f"so {bad} do not exist; pick layers in 0..{layers} (0 = embeddings, l = output "
             "of block l)"
         )
     if cfg.text_global == "cls" and is_causal_text(encoder.text_model):
         raise ValueError(
-            "train.text_global: cls on CLIP's causal text tower gives a constant T^G; use eos "
-            "(or a BERT text tower)"
+            "train.model.text_global: cls on CLIP's causal text tower gives a constant T^G; "
+            "use eos (or a BERT text tower)"
         )
 
 

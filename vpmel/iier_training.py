@@ -52,7 +52,7 @@ from vpmel.iier_data import (
     steps_per_epoch,
 )
 from vpmel.metrics import ranking_metrics
-from vpmel.params import PAPER_PROFILE
+from vpmel.params import PAPER_PROFILE, deep_merge, from_params
 from vpmel.retrieval import RankConfig, kb_ranker, rank_rows
 from vpmel.schema import read_kb
 
@@ -66,7 +66,9 @@ BEST_DIR = "best"
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The ``train`` params after applying the profile (see params.yaml for the meaning)."""
+    """The ``train`` params after applying the profile (see params.yaml for the meaning):
+    how to train, and ``model``, the IIER to train (``train.model``, read straight into
+    :class:`vpmel.iier.IIERConfig`, which holds the model's defaults)."""
 
     seed: int = 0  # this run's seed (the stage runs one per entry of ``seeds``)
     seeds: tuple[int, ...] = (0,)
@@ -88,18 +90,8 @@ class TrainConfig:
     cache_images: bool = True
     use_answers: bool = True
     use_prompted_image: bool = True
-    # the model (vpmel.iier.IIERConfig)
-    d_v: int = 96
-    d_t: int = 512
-    d_c: int = 96
-    cls_layers: tuple[int, ...] = (3, 10, 11, 12)
     loss_terms: tuple[str, ...] = LOSS_TERMS  # L_X in L = L_O + λ Σ L_X (Table 9)
-    text_global: str | None = "cls"  # None: the text tower's own pooling
-    max_text_length: int = 40
-    mlp_hidden: int | None = None
-    train_vision: bool = True
-    train_text: bool = True
-    combination: str = "scaled"  # how S combines the units (vpmel.iier; "paper": /3)
+    model: IIERConfig = dataclasses.field(default_factory=IIERConfig)
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:
@@ -114,21 +106,17 @@ class TrainConfig:
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"train.seeds must be a non-empty list of distinct ints, got {seeds}")
         object.__setattr__(self, "seeds", seeds)
-        object.__setattr__(self, "cls_layers", tuple(int(x) for x in self.cls_layers))
         object.__setattr__(self, "loss_terms", tuple(str(x) for x in self.loss_terms))
         if set(self.loss_terms) - set(LOSS_TERMS):
             raise ValueError(f"train.loss_terms must be a subset of {list(LOSS_TERMS)}")
 
-    def model(self) -> IIERConfig:
-        keys = {f.name for f in dataclasses.fields(IIERConfig)}
-        return IIERConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in keys})
-
     def inputs(self) -> InputConfig:
-        return InputConfig(self.use_answers, self.use_prompted_image, self.max_text_length)
+        return InputConfig(self.use_answers, self.use_prompted_image, self.model.max_text_length)
 
 
 def resolve_config(section: dict[str, Any], profile: str | None = None) -> TrainConfig:
-    """``train`` params → :class:`TrainConfig`: base keys, then ``profiles[profile]``."""
+    """``train`` params → :class:`TrainConfig`: base keys, then ``profiles[profile]`` merged
+    in key by key (``model`` too: a profile's ``model: {cls_layers: [12]}`` changes only that)."""
     section = dict(section)
     profiles = section.pop("profiles", {}) or {}
     chosen = profile or section.pop("profile", None) or "demo"
@@ -140,12 +128,21 @@ def resolve_config(section: dict[str, Any], profile: str | None = None) -> Train
                 "too); set profile: paper and train.profile back to demo"
             )
         raise ValueError(f"train.profile {chosen!r} not in train.profiles {sorted(profiles)}")
-    merged = section | dict(profiles.get(chosen) or {})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(merged) - known)
-    if unknown:
-        raise ValueError(f"unknown train params {unknown}; known: {sorted(known)}")
-    return TrainConfig(**merged)
+    for where, keys in [("train", section)] + [
+        (f"train.profiles.{name}", block or {}) for name, block in profiles.items()
+    ]:
+        _refuse_flat_model_keys(keys, where)
+    return from_params(TrainConfig, deep_merge(section, profiles.get(chosen) or {}), "train")
+
+
+def _refuse_flat_model_keys(section: dict[str, Any], where: str) -> None:
+    """The model's keys (``d_t``, ``cls_layers``, ...) moved from ``train`` to ``train.model``."""
+    moved = sorted(set(section) & {f.name for f in dataclasses.fields(IIERConfig)})
+    if moved:
+        raise ValueError(
+            f"{where}.{moved[0]} moved to {where}.model.{moved[0]}: the model's keys ({moved}) "
+            "live under model: (vpmel.iier.IIERConfig), in profiles too"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +310,7 @@ def train(
     say = console.print if main else (lambda *a, **k: None)
     set_seed(cfg.seed)
     encoder = resolve_encoder(encoder_params, paths.encoder)
-    model = IIER(encoder, cfg.model())
+    model = IIER(encoder, cfg.model)
     data = _load_data(paths, cfg, model)
     say(
         f"train: {accelerator.num_processes} process(es) on {accelerator.device}; "
