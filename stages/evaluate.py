@@ -49,7 +49,7 @@ from vpmel.features import FeatureStore, encoder_id
 from vpmel.iier import ENCODER_DIR, IIER, seed_checkpoints
 from vpmel.iier_data import IIERInputs, InputConfig, load_inputs, read_answers
 from vpmel.metrics import ranking_metrics
-from vpmel.params import PARAMS_FILE, load_params
+from vpmel.params import PARAMS_FILE, from_params, load_params
 from vpmel.retrieval import RankConfig, kb_ranker, rank_rows
 from vpmel.schema import read_kb
 from vpmel.stats import seed_summary
@@ -76,15 +76,9 @@ class EvalConfig:
 
 
 def eval_config(section: dict[str, Any]) -> EvalConfig:
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"unknown evaluate params {unknown}; known: {sorted(known)}")
     section = dict(section)
-    if "splits" in section:
-        section["splits"] = tuple(section["splits"])
     section["candidates"] = candidate_config(section.get("candidates"))
-    cfg = EvalConfig(**section)
+    cfg = from_params(EvalConfig, section, "evaluate")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ValueError("evaluate.device must be auto, cpu or cuda")
     return cfg

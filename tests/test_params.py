@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vpmel.params import deep_merge, from_params
+from vpmel.params import deep_merge, from_params, reject_unknown
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ def test_unknown_keys_name_the_section_and_the_known_keys() -> None:
         from_params(Outer, {"inner": {"size": [1]}}, "s")
     with pytest.raises(ValueError, match=r"^s must be a mapping of params"):
         from_params(Outer, [1], "s")
+    with pytest.raises(ValueError, match=r"^unknown baselines params \['x'\]; known: \['a'\]"):
+        reject_unknown({"x": 1, "a": 2}, {"a"}, "baselines")
 
 
 def test_deep_merge_changes_only_the_keys_given() -> None:

@@ -59,6 +59,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from vpmel.params import from_params
+
 if TYPE_CHECKING:  # imported lazily: the units and scoring need only torch
     from vpmel.encoders import ImageTextEncoder
 
@@ -102,11 +104,7 @@ class IIERConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> IIERConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown IIER model params {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_params(cls, values, "IIER model")
 
 
 # ------------------------------------------------------------------------------ features

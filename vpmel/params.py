@@ -114,10 +114,7 @@ def from_params(cls: type[T], section: dict[str, Any] | None, where: str) -> T:
         raise ValueError(f"{where} must be a mapping of params, not {section!r}")
     section = dict(section or {})
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} params {unknown}; known: {sorted(known)}")
+    reject_unknown(section, {f.name for f in dataclasses.fields(cls) if f.init}, where)
     for key, value in section.items():
         kinds = _alternatives(hints[key])
         nested = [k for k in kinds if dataclasses.is_dataclass(k)]
@@ -126,6 +123,14 @@ def from_params(cls: type[T], section: dict[str, Any] | None, where: str) -> T:
         elif isinstance(value, list) and any(typing.get_origin(k) is tuple for k in kinds):
             section[key] = tuple(value)
     return cls(**section)
+
+
+def reject_unknown(section: dict[str, Any], known: set[str], where: str) -> None:
+    """One error line naming the section ``where``, its unknown keys and the known ones (for
+    a section that is not read into a dataclass; :func:`from_params` uses it too)."""
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {where} params {unknown}; known: {sorted(known)}")
 
 
 def _alternatives(hint: Any) -> tuple[Any, ...]:
