@@ -213,6 +213,41 @@ def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -
     assert other["steps"] == 16
 
 
+def test_gradient_accumulation_resumes_like_an_uninterrupted_run(tiny_project: Path) -> None:
+    """accelerate's accumulate (2 micro-batches of 4 per step), killed after step 5 and
+    resumed from step 4's state mid-epoch: the same weights as an uninterrupted run."""
+    root, acc = tiny_project, {"grad_accumulation": 2, "batch_size": 4}
+    full = run_train(root, "acc_full", **acc)
+    assert (full["steps"], full["batches_per_process"]) == (16, [32])
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_at_5(step: int) -> None:
+        if step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_train(root, "acc_crashed", on_step=crash_at_5, **acc)
+    state = json.loads((root / "acc_crashed/models/iier_state/state.json").read_text())
+    assert (state["global_step"], state["batch_in_epoch"]) == (4, 8)
+    resumed = run_train(root, "acc_crashed", **acc)
+    assert resumed["best_dev"] == full["best_dev"]
+    a, b = weights(root / "acc_full/models/iier"), weights(root / "acc_crashed/models/iier")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_epoch_loader_serves_the_batches_and_skips_without_touching_the_rng() -> None:
+    rows = list(range(100, 164))
+    batches = train_stage.epoch_batches(len(rows), 8, 0, 1, 1, 0, 2)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    served = list(train_stage.epoch_loader(rows, batches, list))
+    assert served == [[rows[j] for j in batch] for batch in batches]
+    assert list(train_stage.epoch_loader(rows, batches, list, 3)) == served[3:]
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def run_evaluate(root: Path, model_dir: Path, out: Path, params: Path) -> None:
     """The evaluate stage on the checkpoint(s) in ``model_dir``, writing under ``out``."""
     evaluate_stage.main(

@@ -15,6 +15,15 @@ and dev H@k/MRR) and returns the summary for ``reports/train.json``. Training st
 killing the run and starting it again resumes from the last save and ends exactly where an
 uninterrupted run ends. The state is only resumed when its :func:`fingerprint` (params,
 number of processes, data and encoder files) matches; otherwise training starts afresh.
+
+accelerate does the process handling: ``Accelerator(gradient_accumulation_steps=...)`` with
+``accelerator.accumulate`` (no gradient sync between micro-batches), a torch ``DataLoader``
+over the epoch's batches and ``skip_first_batches`` to resume mid-epoch (see
+:func:`epoch_loader` for why the batches are still dealt by ``epoch_batches``). The state is
+ours, not ``accelerator.save_state``: that writes pickles in place, so a kill in the middle
+of a save leaves a state that neither loads nor can be told from a good one; ours writes
+the weights first and then swaps in ``state.json`` naming them (``os.replace``), so every
+kill leaves the previous or the new state (tests/test_kill_resume.py kills it mid-write).
 """
 
 from __future__ import annotations
@@ -26,18 +35,19 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.data_loader import skip_first_batches
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
 
 from vpmel.encoders import resolve_encoder
 from vpmel.features import FeatureStore, encoder_id
@@ -305,7 +315,11 @@ def train(
     it reports. ``live_histories`` (seed → per-epoch records) collects the curves of the
     seeds trained so far, which are rewritten to ``paths.live`` with this one's."""
     live_histories = {} if live_histories is None else live_histories
-    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(
+        cpu=cfg.device == "cpu",
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accumulation,
+    )
     main = accelerator.is_main_process
     say = console.print if main else (lambda *a, **k: None)
     set_seed(cfg.seed)
@@ -392,24 +406,23 @@ def train(
                 cfg.grad_accumulation,
             )
             model.train()
-            for i in range(meta["batch_in_epoch"], len(batches)):
-                batch = collate([train_rows[j] for j in batches[i]])
-                sync = (i + 1) % cfg.grad_accumulation == 0
-                with accelerator.no_sync(ddp_model) if not sync else nullcontext():
+            loader = epoch_loader(train_rows, batches, collate, meta["batch_in_epoch"])
+            for i, batch in enumerate(loader, start=meta["batch_in_epoch"]):
+                with accelerator.accumulate(ddp_model):  # no_sync until the last micro-batch
                     scores = ddp_model(
                         _to(batch["mention"], accelerator.device),
                         _to(batch["entity"], accelerator.device),
                     )
                     targets = batch["targets"].to(accelerator.device)
                     loss = iier_loss(scores, targets, lam, cfg.loss_terms)
-                    accelerator.backward(loss.total / cfg.grad_accumulation)
+                    accelerator.backward(loss.total)  # divided by grad_accumulation there
                 meta["loss_sums"] = [
                     a + float(b.detach()) for a, b in zip(meta["loss_sums"], loss, strict=True)
                 ]
                 meta["micro_batches"] += 1
                 meta["micro_batches_total"] += 1
                 meta["batch_in_epoch"] = i + 1
-                if not sync:
+                if not accelerator.sync_gradients:
                     continue
                 if cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -460,6 +473,24 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def epoch_loader(
+    rows: list[int], batches: list[list[int]], collate: ContrastiveCollator, skip: int = 0
+) -> DataLoader:
+    """One epoch's training batches (``batches``: this process's lists of positions in
+    ``rows``, from :func:`vpmel.iier_data.epoch_batches`) collated by ``collate``, the first
+    ``skip`` left out (a run resumed mid-epoch, ``accelerate.skip_first_batches``).
+
+    The loader is not ``accelerator.prepare``-d: that would deal the batches to the processes
+    itself (padding uneven shards with repeated batches) and re-seed the random generators at
+    each epoch, so the mentions each process sees and the random stream would no longer be
+    ours; ``epoch_batches`` already gives each process its own batches. Its own generator
+    keeps the DataLoader from drawing from torch's global one (a resumed run would otherwise
+    draw once more than an uninterrupted one)."""
+    generator = torch.Generator()
+    loader = DataLoader(rows, batch_sampler=batches, collate_fn=collate, generator=generator)
+    return skip_first_batches(loader, skip) if skip else loader
 
 
 def _load_data(paths: Paths, cfg: TrainConfig, model: IIER) -> IIERInputs:
