@@ -203,14 +203,22 @@ def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -
     assert live_a == (root / "crashed/dvclive/plots/metrics/seed_0/train/L.tsv").read_text()
     assert len(live_a.strip().splitlines()) == 3  # header + 2 epochs
 
-    # stop_after_steps saves and exits; the next run picks up from there
+    # stop_after_steps saves and exits; the run without it (and with other settings that
+    # change nothing but time, memory or when to save) picks up from there
     assert run_train(root, "stopped", stop_after_steps=3) == {"stopped_at_step": 3}
     assert (
         json.loads((root / "stopped/models/iier_state/state.json").read_text())["global_step"] == 3
     )
+    seen.clear()
+    neutral = {"eval_block_mb": 2, "save_every_steps": 5, "cache_images": False, "device": "auto"}
+    resumed = run_train(root, "stopped", on_step=seen.append, **neutral)
+    assert seen[0] == 4 and resumed["best_dev"] == full["best_dev"]
+    c = weights(root / "stopped/models/iier")
+    assert all(torch.equal(a[k], c[k]) for k in a)
     # changed params do not resume a foreign state
-    other = run_train(root, "stopped", lr=5e-4)
-    assert other["steps"] == 16
+    seen.clear()
+    other = run_train(root, "stopped", on_step=seen.append, lr=5e-4)
+    assert other["steps"] == 16 and seen[0] == 1
 
 
 def test_gradient_accumulation_resumes_like_an_uninterrupted_run(tiny_project: Path) -> None:

@@ -171,12 +171,31 @@ class Paths:
 # ------------------------------------------------------------------------------ state
 
 
-def fingerprint(cfg: TrainConfig, lam: float, num_processes: int, files: list[Path]) -> str:
-    """What must match for a saved state to be resumed."""
+#: train params that change neither the weights nor the history of a run, so a state saved
+#: under other values resumes: the other seeds (adding one resumes this one), when to stop
+#: or save, the dev scoring's memory bound, image caching, and ``device`` (the device it
+#: resolves to is fingerprinted instead: ``auto`` and ``cpu`` on a machine without a GPU are
+#: one run). ``eval_batch`` stays in: it also batches the frozen towers' outputs computed in
+#: the run (inputs the feature store lacks), and other batch shapes give other float bits.
+NOT_FINGERPRINTED = (
+    "seeds",
+    "stop_after_steps",
+    "save_every_steps",
+    "eval_block_mb",
+    "device",
+    "cache_images",
+)
+
+
+def fingerprint(
+    cfg: TrainConfig, lam: float, num_processes: int, files: list[Path], device: str = "cpu"
+) -> str:
+    """What must match for a saved state to be resumed: every setting that changes the
+    result (not :data:`NOT_FINGERPRINTED`), λ, the number of processes, the type of device
+    (``cpu``, ``cuda``) and the input files."""
     h = hashlib.sha256()
-    run = dataclasses.asdict(cfg)
-    run.pop("seeds")  # the other seeds do not change this run: adding one resumes this one
-    h.update(json.dumps([run, lam, num_processes], sort_keys=True).encode())
+    run = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    h.update(json.dumps([run, lam, num_processes, device], sort_keys=True).encode())
     for path in files:
         for f in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
             h.update(str(f.relative_to(path) if f != path else f.name).encode())
@@ -363,7 +382,7 @@ def train(
     files = [paths.vpwiki / "mentions.parquet", paths.dataset / "kb.parquet", paths.encoder]
     if cfg.use_answers and paths.answers.is_file():
         files.append(paths.answers)
-    print_ = fingerprint(cfg, lam, accelerator.num_processes, files)
+    print_ = fingerprint(cfg, lam, accelerator.num_processes, files, accelerator.device.type)
     meta = {
         "fingerprint": print_,
         "epoch": 0,
