@@ -64,6 +64,7 @@ from vpmel.iier_data import (
 from vpmel.metrics import ranking_metrics
 from vpmel.params import PAPER_PROFILE, deep_merge, from_params
 from vpmel.retrieval import RankConfig, kb_ranker, rank_rows
+from vpmel.schedules import linear_decay
 from vpmel.schema import read_kb
 
 console = Console(stderr=True)
@@ -295,17 +296,6 @@ def build_optimizer(model: IIER, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up, then linear decay to 0 at ``total`` steps."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -375,7 +365,7 @@ def train(
         )
     total = steps * cfg.epochs
     optimizer = build_optimizer(model, cfg)
-    scheduler = LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total))
+    scheduler = LambdaLR(optimizer, linear_decay(cfg.warmup_steps, total))
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     collate = ContrastiveCollator(data.mentions, data.entities, data.gold)
 
