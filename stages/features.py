@@ -52,7 +52,7 @@ def main(
 ) -> None:
     with clear_errors("features"), stage_timer("features", timings) as timing:
         params = load_params(None, params_file)
-        cfg = resolve_config(params.get("train") or {})
+        cfg = resolve_config(params.get("train") or {}, None, params.get("ablations"))
         encoder = resolve_encoder(params.get("encoders") or {"backend": "demo"}, encoder_dir)
         encoder.eval()
         mentions_file = vpwiki / "mentions.parquet"

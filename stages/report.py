@@ -1,7 +1,8 @@
 """DVC stage `report`: the paper's tables in miniature, curves and case studies, offline.
 
-Reads what the other stages wrote (reports/*.json, the ablation runs under reports/ablate/,
-dvclive curves, data/eval/top20.parquet) and writes `reports/report.md` with
+Reads what the other stages wrote (reports/*.json, the ablation runs under reports/ablate/
+that the params' `ablations` registry names, dvclive curves, data/eval/top20.parquet) and
+writes `reports/report.md` with
 `reports/report_training.png`, `reports/report_hits.png` and `reports/report_cases.png`
 next to it — plain Markdown and PNG that open without a network.
 """
@@ -17,7 +18,7 @@ import typer
 
 from stages.console import clear_errors, console
 from vpmel.iier_data import entity_image_paths
-from vpmel.params import PARAMS_FILE, load_params
+from vpmel.params import ABLATION_TABLES, PARAMS_FILE, load_params, read_ablations
 from vpmel.report import (
     case_studies,
     comparison_table,
@@ -71,25 +72,16 @@ BASELINES = {
     "text_only_no_vlm": "text-only bi-encoder (MiniLM, sentence)",
     "text_only": "text-only bi-encoder (MiniLM, VLM answer + sentence)",
 }
-ABLATIONS = {
-    "iier_star": "IIER* (no VLM answers, unprompted image)",
-    "iier_dagger": "IIER† (no VLM answers)",
-    "iier_ddagger": "IIER‡ (untuned VLM answers)",
-}
 
-LAYERS = {
-    "layers_12": "CLS of layer 12",
-    "layers_4_10_11_12": "layers 4, 10, 11, 12 (released code)",
-}
-COMBINATIONS = {
-    "paper_combination": "S = (S_V + S_T + S_C) / 3 (paper)",
-}
-LOSSES = {
-    "loss_o": "L_O",
-    "loss_o_v": "L_O + L_V",
-    "loss_o_t": "L_O + L_T",
-    "loss_o_c": "L_O + L_C",
-}
+
+def ablation_tables(registry: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    """The params' ``ablations`` registry as report table → {name: label}, in
+    :data:`vpmel.params.ABLATION_TABLES` order (the comparison table's order)."""
+    entries = read_ablations(registry)
+    return {
+        table: {name: a.label for name, a in entries.items() if a.table == table}
+        for table in ABLATION_TABLES
+    }
 
 
 SEED_NOTE = (
@@ -110,7 +102,11 @@ COMPARISON_NOTE = (
 
 
 def _ranks(
-    top: pd.DataFrame, baselines_dir: Path, ablate_dir: Path, split: str
+    top: pd.DataFrame,
+    baselines_dir: Path,
+    ablate_dir: Path,
+    split: str,
+    tables: dict[str, dict[str, str]],
 ) -> dict[str, pd.DataFrame]:
     """Per-mention gold ranks [id × seed] of every method that has them: baselines
     (data/baselines/ranks.parquet), ablations (data/ablate/<key>/top20.parquet), IIER."""
@@ -122,7 +118,7 @@ def _ranks(
             sub = table[table["baseline"] == key]
             if len(sub):
                 out[label] = seed_ranks(sub, split)
-    for variants in (ABLATIONS, LAYERS, LOSSES, COMBINATIONS):
+    for variants in tables.values():
         for key, label in variants.items():
             path = ablate_dir / key / "top20.parquet"
             if path.is_file():
@@ -148,6 +144,7 @@ def main(
 ) -> None:
     with clear_errors("report"):
         params = load_params(None, params_file)
+        tables = ablation_tables(params.get("ablations"))
         metrics = _json(reports / "metrics.json")
         if metrics is None:
             raise FileNotFoundError(f"{reports}/metrics.json: run the evaluate stage first")
@@ -198,7 +195,7 @@ def main(
     # every method's whole metrics file (None: not run), in table order; IIER (full) last
     runs: dict[str, Any] = {label: baselines.get(key) for key, label in BASELINES.items()}
     runs |= {label: _json(reports / "ablate" / key / "metrics.json")
-             for key, label in ABLATIONS.items()}  # fmt: skip
+             for key, label in tables["answers"].items()}  # fmt: skip
     for split in ("test", "dev"):
         results = {label: (run or {}).get(split) for label, run in runs.items()}
         results["IIER (full)"] = metrics[split]
@@ -224,10 +221,11 @@ def main(
         md += [markdown_table(head, rows), ""]
 
     for title, variants, full, prefix in (
-        ("Feature layers of V^G (Table 5): test", LAYERS, "layers 3, 10, 11, 12 (paper; IIER)",
-         "IIER, V^G from "),
-        ("Loss terms (Table 9): test", LOSSES, "L_O + L_V + L_T + L_C (IIER)", "IIER, loss "),
-        ("How S combines the units (our departure, see README): test", COMBINATIONS,
+        ("Feature layers of V^G (Table 5): test", tables["layers"],
+         "layers 3, 10, 11, 12 (paper; IIER)", "IIER, V^G from "),
+        ("Loss terms (Table 9): test", tables["loss"], "L_O + L_V + L_T + L_C (IIER)",
+         "IIER, loss "),
+        ("How S combines the units (our departure, see README): test", tables["combination"],
          "S = τ(G2G + w·(G2L, S_V, S_C)), scaled (ours; IIER)", "IIER, "),
     ):  # fmt: skip
         variant_runs = {label: _json(reports / "ablate" / key / "metrics.json")
@@ -252,7 +250,7 @@ def main(
     for split in ("test", "dev"):
         md += [f"### {split}", "", subset_table(runs, split), ""]
 
-    ranks = _ranks(top, baselines_dir, ablate_dir, "test")
+    ranks = _ranks(top, baselines_dir, ablate_dir, "test", tables)
     if ranks:
         md += ["## Every comparison with its uncertainty: test", "", COMPARISON_NOTE, "",
                comparison_table(ranks, "IIER"), ""]  # fmt: skip

@@ -10,11 +10,12 @@ One script for every scale::
 starts N, and on a machine without GPUs, or with ``train.device: cpu``, they run on the
 CPU and talk through gloo.)
 
-Reads params ``train`` (with ``train.profile`` selecting a variant of ``train.profiles``, e.g.
-the ablation ``iier_star``), top-level ``lambda`` and ``encoders``, all after the scale
-``profile`` is applied (``profile: paper``: everything Appendix A.1 states, see
-``vpmel.params``), and trains one IIER per ``train.seeds`` entry with
-:func:`vpmel.iier_training.train_seeds` (what a run does, and how it resumes, is there).
+Reads params ``train`` (``train.profile`` or ``--profile`` may name an entry of the
+top-level ``ablations`` registry, e.g. ``iier_star``, whose train overrides apply),
+``ablations``, ``lambda`` and ``encoders``, all after the scale ``profile`` is applied
+(``profile: paper``: everything Appendix A.1 states, see ``vpmel.params``), and trains one
+IIER per ``train.seeds`` entry with :func:`vpmel.iier_training.train_seeds` (what a run
+does, and how it resumes, is there).
 
 Writes ``models/iier/seed_<s>/`` (the checkpoint with the best dev MRR), ``dvclive/``
 (per-epoch loss and dev H@k/MRR; ``dvc plots show``) and ``reports/train.json``; the
@@ -50,7 +51,7 @@ def main(
     state_dir: Path = typer.Option(Path("models/iier_state"), help="resumable training state"),
     live_dir: Path = typer.Option(Path("dvclive")),
     reports: Path = typer.Option(Path("reports")),
-    profile: str = typer.Option(None, help="override train.profile (a train.profiles variant)"),
+    profile: str = typer.Option(None, help="override train.profile (an `ablations` entry)"),
     features: Path = typer.Option(
         Path("data/features"), help="the features stage's store (frozen-tower outputs)"
     ),
@@ -64,7 +65,7 @@ def main(
         params = load_params(None, params_file)
         if "train" not in params:
             raise KeyError(f"{params_file}: no section 'train'")
-        cfg = resolve_config(params["train"], profile)
+        cfg = resolve_config(params["train"], profile, params.get("ablations"))
         lam = float(params.get("lambda", 1.0))
         paths = Paths(
             vpwiki, dataset, answers, encoder_dir, out, state_dir, live_dir, reports, features

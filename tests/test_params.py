@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from vpmel.params import deep_merge, from_params, reject_unknown
+from vpmel.params import (
+    ABLATION_TABLES,
+    deep_merge,
+    from_params,
+    load_params,
+    read_ablations,
+    reject_unknown,
+)
 
 
 @dataclass(frozen=True)
@@ -46,3 +54,17 @@ def test_deep_merge_changes_only_the_keys_given() -> None:
     over = {"m": {"y": {"z": 3}}, "n": {"k": 1}, "a": [1]}
     assert deep_merge(base, over) == {"a": [1], "m": {"x": 1, "y": {"z": 3}}, "n": {"k": 1}}
     assert base == {"a": 1, "m": {"x": 1, "y": {"z": 2}}, "n": None}  # untouched
+
+
+def test_the_ablation_registry_is_complete_and_checked() -> None:
+    """params.yaml's `ablations`: every entry has every key (dvc.yaml's foreach reads
+    ${item.answers}), in a table the report shows."""
+    registry = load_params("ablations", Path(__file__).resolve().parents[1] / "params.yaml")
+    entries = read_ablations(registry)
+    assert len(entries) == 10 and {a.table for a in entries.values()} == set(ABLATION_TABLES)
+    assert entries["iier_ddagger"].answers == "data/answers_untuned/answers.parquet"
+    assert entries["layers_12"].train == {"model": {"cls_layers": [12]}}
+    with pytest.raises(ValueError, match=r"^ablations.x lacks \['answers'\]"):
+        read_ablations({"x": {"table": "loss", "label": "x", "train": {}}})
+    with pytest.raises(ValueError, match="ablation table 'tabel5' is not one of"):
+        read_ablations({"x": {"table": "tabel5", "label": "x", "answers": "a", "train": {}}})

@@ -44,8 +44,9 @@ TRAIN = {
         "train_vision": True,
         "train_text": False,
     },
-    "profiles": {"paper": {"lr": 1e-5, "batch_size": 128, "epochs": 20, "model": {"d_t": 512}}},
 }
+QUICK = {"lr": 1e-5, "batch_size": 128, "epochs": 20, "model": {"d_t": 512}}
+ABLATIONS = {"quick": {"table": "loss", "label": "quick", "answers": "a.parquet", "train": QUICK}}
 FROZEN = {"model": TRAIN["model"] | {"train_vision": False, "train_text": False}}
 EVALUATE = {"mention_batch": 8, "entity_batch": 8, "block_mb": 1, "top_k": 20, "device": "cpu"}
 
@@ -153,25 +154,28 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_profiles_and_unknown_params() -> None:
-    paper = train_stage.resolve_config(TRAIN | {"profile": "paper"})
-    assert (paper.lr, paper.batch_size, paper.epochs, paper.model.d_t) == (1e-5, 128, 20, 512)
-    assert train_stage.resolve_config(TRAIN).batch_size == 8
+    quick = train_stage.resolve_config(TRAIN | {"profile": "quick"}, None, ABLATIONS)
+    assert (quick.lr, quick.batch_size, quick.epochs, quick.model.d_t) == (1e-5, 128, 20, 512)
+    assert train_stage.resolve_config(TRAIN, "quick", ABLATIONS).batch_size == 128
+    assert train_stage.resolve_config(TRAIN, None, ABLATIONS).batch_size == 8
     with pytest.raises(ValueError, match="unknown train params"):
         train_stage.resolve_config(TRAIN | {"bacth_size": 3})
-    with pytest.raises(ValueError, match="profile"):
-        train_stage.resolve_config(TRAIN | {"profile": "huge"})
-    # a profile's model keys are merged into train.model key by key
-    layers = TRAIN | {"profile": "l12", "profiles": {"l12": {"model": {"cls_layers": [12]}}}}
-    model = train_stage.resolve_config(layers).model
+    with pytest.raises(ValueError, match=r"profile 'huge' is demo or one of ablations \['quick'"):
+        train_stage.resolve_config(TRAIN | {"profile": "huge"}, None, ABLATIONS)
+    # an ablation's model keys are merged into train.model key by key
+    l12 = ABLATIONS["quick"] | {"train": {"model": {"cls_layers": [12]}}}
+    model = train_stage.resolve_config(TRAIN, "l12", {"l12": l12}).model
     assert (model.cls_layers, model.d_t, model.text_global) == ((12,), 20, "mean")
+    with pytest.raises(ValueError, match=r"^train.profiles moved to the top-level ablations"):
+        train_stage.resolve_config(TRAIN | {"profiles": {}})
     with pytest.raises(ValueError, match=r"unknown train.model params \['dt'\]"):
         train_stage.resolve_config(TRAIN | {"model": {"dt": 3}})
     # the old flat keys: one line saying where the key moved
     with pytest.raises(ValueError, match=r"^train.d_t moved to train.model.d_t: "):
         train_stage.resolve_config(TRAIN | {"d_t": 3})
-    old = TRAIN | {"profiles": {"l12": {"cls_layers": [12]}}}
-    with pytest.raises(ValueError, match=r"^train.profiles.l12.cls_layers moved to "):
-        train_stage.resolve_config(old)
+    old = {"l12": l12 | {"train": {"cls_layers": [12]}}}
+    with pytest.raises(ValueError, match=r"^ablations.l12.train.cls_layers moved to "):
+        train_stage.resolve_config(TRAIN, None, old)
 
 
 def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -> None:

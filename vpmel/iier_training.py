@@ -62,7 +62,7 @@ from vpmel.iier_data import (
     steps_per_epoch,
 )
 from vpmel.metrics import ranking_metrics
-from vpmel.params import PAPER_PROFILE, deep_merge, from_params
+from vpmel.params import PAPER_PROFILE, deep_merge, from_params, read_ablations
 from vpmel.retrieval import RankConfig, kb_ranker, rank_rows
 from vpmel.schedules import linear_decay
 from vpmel.schema import read_kb
@@ -125,25 +125,35 @@ class TrainConfig:
         return InputConfig(self.use_answers, self.use_prompted_image, self.model.max_text_length)
 
 
-def resolve_config(section: dict[str, Any], profile: str | None = None) -> TrainConfig:
-    """``train`` params → :class:`TrainConfig`: base keys, then ``profiles[profile]`` merged
-    in key by key (``model`` too: a profile's ``model: {cls_layers: [12]}`` changes only that)."""
+def resolve_config(
+    section: dict[str, Any], profile: str | None = None, ablations: dict[str, Any] | None = None
+) -> TrainConfig:
+    """``train`` params → :class:`TrainConfig`: the section's keys, then, when ``profile``
+    (else ``train.profile``) names an entry of the top-level ``ablations`` registry, that
+    entry's ``train`` merged in key by key (``model`` too: ``model: {cls_layers: [12]}``
+    changes only that key)."""
     section = dict(section)
-    profiles = section.pop("profiles", {}) or {}
+    if "profiles" in section:
+        raise ValueError(
+            "train.profiles moved to the top-level ablations registry (name: {table, label, "
+            "answers, train}; see params.yaml)"
+        )
+    registry = read_ablations(ablations)
     chosen = profile or section.pop("profile", None) or "demo"
     section.pop("profile", None)
-    if chosen not in profiles and chosen != "demo":
+    if chosen not in registry and chosen != "demo":
         if chosen == PAPER_PROFILE:
             raise ValueError(
                 "train.profile: paper is now the top-level `profile: paper` (it sets the towers "
                 "too); set profile: paper and train.profile back to demo"
             )
-        raise ValueError(f"train.profile {chosen!r} not in train.profiles {sorted(profiles)}")
+        raise ValueError(f"train.profile {chosen!r} is demo or one of ablations {list(registry)}")
     for where, keys in [("train", section)] + [
-        (f"train.profiles.{name}", block or {}) for name, block in profiles.items()
+        (f"ablations.{name}.train", entry.train) for name, entry in registry.items()
     ]:
         _refuse_flat_model_keys(keys, where)
-    return from_params(TrainConfig, deep_merge(section, profiles.get(chosen) or {}), "train")
+    overrides = registry[chosen].train if chosen in registry else {}
+    return from_params(TrainConfig, deep_merge(section, overrides), "train")
 
 
 def _refuse_flat_model_keys(section: dict[str, Any], where: str) -> None:
@@ -152,7 +162,7 @@ def _refuse_flat_model_keys(section: dict[str, Any], where: str) -> None:
     if moved:
         raise ValueError(
             f"{where}.{moved[0]} moved to {where}.model.{moved[0]}: the model's keys ({moved}) "
-            "live under model: (vpmel.iier.IIERConfig), in profiles too"
+            "live under model: (vpmel.iier.IIERConfig), in profiles and ablations too"
         )
 
 

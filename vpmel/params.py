@@ -109,12 +109,22 @@ def from_params(cls: type[T], section: dict[str, Any] | None, where: str) -> T:
     ``"train"``): an unknown key is one error line naming the section and the known keys;
     a list for a tuple-typed field becomes a tuple; a mapping for a dataclass-typed field
     builds that dataclass the same way (``where.field``); missing keys take the dataclass's
-    defaults, which are the only defaults."""
+    defaults, which are the only defaults (a field without one is required)."""
     if section is not None and not isinstance(section, dict):
         raise ValueError(f"{where} must be a mapping of params, not {section!r}")
     section = dict(section or {})
     hints = typing.get_type_hints(cls)
-    reject_unknown(section, {f.name for f in dataclasses.fields(cls) if f.init}, where)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    reject_unknown(section, {f.name for f in fields}, where)
+    missing = sorted(
+        f.name
+        for f in fields
+        if f.name not in section
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise ValueError(f"{where} lacks {missing} (no default)")
     for key, value in section.items():
         kinds = _alternatives(hints[key])
         nested = [k for k in kinds if dataclasses.is_dataclass(k)]
@@ -138,3 +148,34 @@ def _alternatives(hint: Any) -> tuple[Any, ...]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return typing.get_args(hint)
     return (hint,)
+
+
+#: the report's tables an ablation can belong to (stages/report.py shows them in this order)
+ABLATION_TABLES = ("answers", "layers", "loss", "combination")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    """One entry of the top-level ``ablations`` registry: the paper's ablations, each trained
+    and evaluated like ``train`` by dvc.yaml's ``ablate`` foreach stage, selected in the train
+    stage by ``--profile <name>`` (or ``train.profile``). Every entry has all four keys: DVC's
+    foreach does not fill in missing ones."""
+
+    table: str  # the report table (ABLATION_TABLES)
+    label: str  # its row in the report
+    answers: str  # the Detective-VLM answers it reads
+    train: dict[str, Any]  # merged into the train section (train.model key by key)
+
+    def __post_init__(self) -> None:
+        if self.table not in ABLATION_TABLES:
+            raise ValueError(f"ablation table {self.table!r} is not one of {ABLATION_TABLES}")
+        if not isinstance(self.train, dict):
+            raise ValueError(f"an ablation's train must be a mapping, not {self.train!r}")
+
+
+def read_ablations(registry: dict[str, Any] | None) -> dict[str, Ablation]:
+    """The ``ablations`` params, name → :class:`Ablation`, in the file's order."""
+    return {
+        name: from_params(Ablation, entry, f"ablations.{name}")
+        for name, entry in (registry or {}).items()
+    }
