@@ -178,18 +178,20 @@ def test_profiles_and_unknown_params() -> None:
         train_stage.resolve_config(TRAIN, None, old)
 
 
+class Crash(RuntimeError):
+    """A run dying after an optimizer step (the state saved so far stays)."""
+
+
+def crash_at_5(step: int) -> None:
+    if step == 5:
+        raise Crash
+
+
 def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -> None:
     root = tiny_project
     full = run_train(root, "full")
     assert full["steps"] == 16  # 2 epochs x 64 / 8
     assert full["mentions_with_answer"] == 48  # m1's NIL answer gives m_w = ""
-
-    class Crash(RuntimeError):
-        pass
-
-    def crash_at_5(step: int) -> None:
-        if step == 5:
-            raise Crash
 
     with pytest.raises(Crash):
         run_train(root, "crashed", on_step=crash_at_5)
@@ -231,13 +233,6 @@ def test_gradient_accumulation_resumes_like_an_uninterrupted_run(tiny_project: P
     root, acc = tiny_project, {"grad_accumulation": 2, "batch_size": 4}
     full = run_train(root, "acc_full", **acc)
     assert (full["steps"], full["batches_per_process"]) == (16, [32])
-
-    class Crash(RuntimeError):
-        pass
-
-    def crash_at_5(step: int) -> None:
-        if step == 5:
-            raise Crash
 
     with pytest.raises(Crash):
         run_train(root, "acc_crashed", on_step=crash_at_5, **acc)
@@ -424,7 +419,7 @@ def test_feature_store_serves_frozen_inputs_and_never_changes_them(tiny_project:
         return load_inputs(
             mentions, read_kb(root / "data/dataset"), root / "data/vpwiki",
             root / "data/dataset", enc.tokenizer, enc.pixel_values, enc.image_size,
-            InputConfig(use_answers, True, frozen.max_text_length), read_answers(answers),
+            InputConfig(use_answers, True, frozen.model.max_text_length), read_answers(answers),
         )  # fmt: skip
 
     stored, computed = inputs(mentions), inputs(mentions)
