@@ -48,7 +48,7 @@ from transformers import (
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stages import train as train_stage  # noqa: E402
+from vpmel import iier_training as train_stage  # noqa: E402
 from vpmel.encoders import (  # noqa: E402
     MINILM_REF,
     TowersConfig,

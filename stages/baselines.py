@@ -30,7 +30,7 @@ from vpmel.baselines import (
 )
 from vpmel.encoders import ImageTextEncoder
 from vpmel.iier_data import entity_image_paths, gold_rows, kb_rows, read_answers
-from vpmel.params import PARAMS_FILE, load_params
+from vpmel.params import PARAMS_FILE, load_params, reject_unknown
 from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb
 from vpmel.subsets import SUBSETS, named_mentions, split_metrics, subset_key
@@ -65,9 +65,7 @@ def run(
     with clear_errors("baselines"):
         splits = tuple(load_params("evaluate", params_file)["splits"])
         settings = dict(load_params("baselines", params_file) or {})
-        unknown = sorted(set(settings) - {"scene_objects"})
-        if unknown:
-            raise ValueError(f"{params_file}: unknown baselines params {unknown}")
+        reject_unknown(settings, {"scene_objects"}, "baselines")
         style = PromptStyle(**dict(load_params("prompt", params_file) or {}))
         objects_file = settings.get("scene_objects")
         if objects_file and not Path(objects_file).is_file():

@@ -43,7 +43,7 @@ from vpmel.encoders import (
     load_hub_towers,
     towers_config,
 )
-from vpmel.params import PARAMS_FILE, load_params
+from vpmel.params import PARAMS_FILE, from_params, load_params, reject_unknown
 from vpmel.prompts import PromptStyle
 from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
@@ -72,9 +72,7 @@ def _run(
         if "encoders" not in params:
             raise KeyError(f"{params_file}: no section 'encoders'")
         p = params["encoders"]
-        unknown = sorted(set(p) - KNOWN)
-        if unknown:
-            raise ValueError(f"{params_file}: unknown encoders params {unknown}")
+        reject_unknown(p, KNOWN, "encoders")
         check_encoder_params(p, params["profile"])
         threads = int(p.get("threads") or len(os.sched_getaffinity(0)))
         torch.set_num_threads(threads)
@@ -101,8 +99,8 @@ def _demo(
     train = dict(p.get("train") or {})
     # prompted training scenes are marked as VPWiki's images are (the `prompt` params)
     views_params = dict(train.pop("views", None) or {}) | {"prompt": PromptStyle(**prompt)}
-    views = _dataclass(ViewConfig, views_params, "encoders.train.views")
-    cfg = _dataclass(TrainConfig, train | {"views": views}, "encoders.train")
+    views = from_params(ViewConfig, views_params, "encoders.train.views")
+    cfg = from_params(TrainConfig, train | {"views": views}, "encoders.train")
     kb = read_kb(dataset)
     console.print(
         f"encoders: training the demo encoder on {len(kb)} KB entities from {dataset} "
@@ -149,15 +147,6 @@ def _hub(p: dict[str, Any], out: Path) -> dict[str, Any]:
         "resolve_seconds": round(time.perf_counter() - start, 1),
         "model": describe(model),
     }
-
-
-def _dataclass(cls: Any, values: dict[str, Any], where: str) -> Any:
-    """``cls(**values)`` with lists as tuples; unknown keys are one clear error."""
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} params {unknown}; known: {sorted(known)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def _size(folder: Path) -> int:

@@ -32,7 +32,6 @@ of each split. One process only.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -43,20 +42,14 @@ from accelerate import Accelerator
 from stages.console import clear_errors, console, stage_app
 from vpmel.candidates import candidate_config
 from vpmel.evaluation import EvalConfig, evaluate, summary_lines
-from vpmel.params import PARAMS_FILE, load_params
+from vpmel.params import PARAMS_FILE, from_params, load_params
 from vpmel.timings import stage_timer
 
 
 def eval_config(section: dict[str, Any]) -> EvalConfig:
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"unknown evaluate params {unknown}; known: {sorted(known)}")
     section = dict(section)
-    if "splits" in section:
-        section["splits"] = tuple(section["splits"])
     section["candidates"] = candidate_config(section.get("candidates"))
-    cfg = EvalConfig(**section)
+    cfg = from_params(EvalConfig, section, "evaluate")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ValueError("evaluate.device must be auto, cpu or cuda")
     return cfg

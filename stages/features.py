@@ -8,7 +8,7 @@ ablation and seed then load them instead of running the towers: with frozen towe
 run only trains and applies IIER's heads. A run's input that the store lacks is computed
 in-process, so the store never changes a result, only the time.
 
-Reads params `train` (for `max_text_length` under the chosen profile) and
+Reads params `train` (for `model.max_text_length` under the chosen profile) and
 `encoders.backend`; writes `reports/timings/features.json`.
 """
 
@@ -22,11 +22,11 @@ import torch
 import typer
 
 from stages.console import clear_errors, console, stage_app
-from stages.train import resolve_config
 from vpmel.atomic import staged_folder
 from vpmel.encoders import resolve_encoder
 from vpmel.features import build_features, encoder_id, save_store
 from vpmel.iier_data import InputConfig, load_inputs, read_answers
+from vpmel.iier_training import resolve_config
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
@@ -49,7 +49,7 @@ def main(
 ) -> None:
     with clear_errors("features"), stage_timer("features", timings) as timing:
         params = load_params(None, params_file)
-        cfg = resolve_config(params.get("train") or {})
+        cfg = resolve_config(params.get("train") or {}, None, params.get("ablations"))
         encoder = resolve_encoder(params.get("encoders") or {"backend": "demo"}, encoder_dir)
         encoder.eval()
         mentions_file = vpwiki / "mentions.parquet"
@@ -59,7 +59,7 @@ def main(
 
         def inputs(answer_map, prompted: bool):
             use = answer_map is not None
-            config = InputConfig(use, prompted, cfg.max_text_length)
+            config = InputConfig(use, prompted, cfg.model.max_text_length)
             return load_inputs(
                 mentions,
                 kb,

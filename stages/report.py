@@ -10,11 +10,12 @@ next to it — plain Markdown and PNG that open without a network
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from stages.console import clear_errors, console, stage_app
-from vpmel.params import PARAMS_FILE, load_params
+from vpmel.params import ABLATION_TABLES, PARAMS_FILE, load_params, read_ablations
 from vpmel.report_document import Sources, Variants, write_report
 
 BASELINES = {
@@ -23,25 +24,16 @@ BASELINES = {
     "text_only_no_vlm": "text-only bi-encoder (MiniLM, sentence)",
     "text_only": "text-only bi-encoder (MiniLM, VLM answer + sentence)",
 }
-ABLATIONS = {
-    "iier_star": "IIER* (no VLM answers, unprompted image)",
-    "iier_dagger": "IIER† (no VLM answers)",
-    "iier_ddagger": "IIER‡ (untuned VLM answers)",
-}
 
-LAYERS = {
-    "layers_12": "CLS of layer 12",
-    "layers_4_10_11_12": "layers 4, 10, 11, 12 (released code)",
-}
-COMBINATIONS = {
-    "paper_combination": "S = (S_V + S_T + S_C) / 3 (paper)",
-}
-LOSSES = {
-    "loss_o": "L_O",
-    "loss_o_v": "L_O + L_V",
-    "loss_o_t": "L_O + L_T",
-    "loss_o_c": "L_O + L_C",
-}
+
+def ablation_tables(registry: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    """The params' ``ablations`` registry as report table -> {name: label}, in
+    :data:`vpmel.params.ABLATION_TABLES` order (the comparison table's order)."""
+    entries = read_ablations(registry)
+    return {
+        table: {name: a.label for name, a in entries.items() if a.table == table}
+        for table in ABLATION_TABLES
+    }
 
 
 def main(
@@ -56,7 +48,8 @@ def main(
 ) -> None:
     with clear_errors("report"):
         params = load_params(None, params_file)
-        variants = Variants(BASELINES, ABLATIONS, LAYERS, LOSSES, COMBINATIONS)
+        tables = ablation_tables(params.get("ablations"))
+        variants = Variants(BASELINES, *(tables[t] for t in ABLATION_TABLES))
         src = Sources(reports, vpwiki, dataset, eval_dir, ablate_dir, baselines_dir, live)
         path = write_report(src, variants, params)
     console.print(f"report: wrote {path}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from stages.console import clear_errors, console, stage_app
-from vpmel.params import PARAMS_FILE, load_params
+from vpmel.params import PARAMS_FILE, from_params, load_params
 from vpmel.timings import stage_timer
 from vpmel.world.generate import WorldConfig, generate_world, world_contact_sheet
 
@@ -27,14 +27,7 @@ def main(
 ) -> None:
     with stage_timer("world", reports / "timings"):
         with clear_errors("world"):
-            raw = load_params("world", params_file)
-            known = {f.name for f in dataclasses.fields(WorldConfig)}
-            unknown = sorted(set(raw) - known)
-            if unknown:
-                raise ValueError(
-                    f"{params_file}: unknown world params {unknown}; known: {sorted(known)}"
-                )
-            cfg = WorldConfig(**raw)
+            cfg = from_params(WorldConfig, load_params("world", params_file), "world")
         if out.exists():
             shutil.rmtree(out)
         summary = generate_world(out, cfg, progress=True)

@@ -6,6 +6,7 @@ read back with ``from_pretrained`` exactly as a hub id or a downloaded folder wo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -32,12 +33,14 @@ from vpmel.encoders import (
     resolve_reference,
     towers_config,
 )
-from vpmel.iier import IIER
+from vpmel.iier import IIER, IIERConfig
+from vpmel.iier_training import resolve_config
 from vpmel.params import apply_profile, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+MODEL_KEYS = {f.name for f in dataclasses.fields(IIERConfig)}
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +156,7 @@ def test_paper_profile_sets_everything_appendix_a1_states() -> None:
     assert paper["encoders"]["backend"] == "hub"
     assert (towers.vision, towers.text) == ("openai/clip-vit-base-patch32", "bert-base-uncased")
     assert (towers.text_pooling, towers.max_text_length) == ("cls", 40)
-    cfg = train_stage.resolve_config(paper["train"])
+    cfg = resolve_config(paper["train"])
     a1 = {
         "d_v": 96,
         "d_c": 96,
@@ -170,9 +173,20 @@ def test_paper_profile_sets_everything_appendix_a1_states() -> None:
         "combination": "paper",
         "seeds": (0, 1, 2, 3, 4),
     }
-    assert {k: getattr(cfg, k) for k in a1} == a1
+    assert {k: getattr(cfg.model if k in MODEL_KEYS else cfg, k) for k in a1} == a1
     assert paper["lambda"] == 1.0
     check_encoder_params(paper["encoders"], paper["profile"])  # a consistent combination
+
+
+def test_a_profile_merges_nested_keys_one_by_one() -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profiles"]["paper"]["train"] = {"model": {"d_t": 7}}
+    merged = apply_profile(raw | {"profile": "paper"})["train"]
+    assert merged["model"] == raw["train"]["model"] | {"d_t": 7}
+    assert merged["epochs"] == raw["train"]["epochs"]
+    raw["profiles"]["paper"]["train"] = {"d_t": 7}  # the old flat key: one line
+    with pytest.raises(ValueError, match=r"^train.d_t moved to train.model.d_t: "):
+        resolve_config(apply_profile(raw | {"profile": "paper"})["train"])
 
 
 def test_paper_profile_trains_two_steps_and_evaluates(
@@ -235,7 +249,9 @@ def _one_line_error(result, stage: str) -> str:
 
 def test_guard_cls_pooling_on_clip_text_tower(tiny_clip: Path) -> None:  # noqa: F811
     encoder = ImageTextEncoder.from_hub(tiny_clip)
-    message = "train.text_global: cls on CLIP's causal text tower gives a constant T^G; use eos"
+    message = (
+        "train.model.text_global: cls on CLIP's causal text tower gives a constant T^G; use eos"
+    )
     with pytest.raises(ValueError, match=re.escape(message)):
         IIER(encoder, tiny_config(text_global="cls", cls_layers=(1, 3)))
     IIER(encoder, tiny_config(text_global="eos", cls_layers=(1, 3)))  # what the message says
@@ -252,7 +268,8 @@ def test_guard_through_the_train_stage_is_one_line(
     ImageTextEncoder.from_hub(tiny_clip).save(tmp_path / "clip")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["encoders"]["backend"] = "hub"
-    params["train"] |= {"text_global": "cls", "cls_layers": [1, 3], "device": "cpu"}
+    params["train"]["model"] |= {"text_global": "cls", "cls_layers": [1, 3]}
+    params["train"]["device"] = "cpu"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     args = [
         "--vpwiki", str(root / "data/vpwiki"), "--dataset", str(root / "data/dataset"),
@@ -261,7 +278,7 @@ def test_guard_through_the_train_stage_is_one_line(
         "--params", str(tmp_path / "params.yaml"),
     ]  # fmt: skip
     line = _one_line_error(CliRunner().invoke(train_stage.app, args), "train")
-    assert "train.text_global: cls on CLIP's causal text tower gives a constant T^G" in line
+    assert "train.model.text_global: cls on CLIP's causal text tower gives a constant T^G" in line
     assert not (tmp_path / "state").exists()
 
 
@@ -277,8 +294,8 @@ def test_guard_cls_text_pooling_on_clip_text_tower(
 def test_guard_cls_layers_the_tower_does_not_have(tiny_clip: Path) -> None:  # noqa: F811
     encoder = ImageTextEncoder.from_hub(tiny_clip)  # 3 vision layers
     message = (
-        r"train.cls_layers \[3, 10, 11, 12\]: the vision tower has 3 layers, so \[10, 11, 12\] "
-        r"do not exist; pick layers in 0..3"
+        r"train.model.cls_layers \[3, 10, 11, 12\]: the vision tower has 3 layers, "
+        r"so \[10, 11, 12\] do not exist; pick layers in 0..3"
     )
     with pytest.raises(ValueError, match=message):
         IIER(encoder, tiny_config(text_global="eos"))
@@ -315,7 +332,7 @@ def test_guard_hub_towers_under_the_demo_backend() -> None:
 def test_guard_the_old_train_profile_paper() -> None:
     section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
     with pytest.raises(ValueError, match="train.profile: paper is now the top-level `profile:"):
-        train_stage.resolve_config(section | {"profile": "paper"})
+        resolve_config(section | {"profile": "paper"})
 
 
 def test_guard_unknown_keys(tmp_path: Path) -> None:
@@ -332,7 +349,7 @@ def test_guard_unknown_keys(tmp_path: Path) -> None:
         towers_config({"text_pooling": "max"})
     paper = apply_profile(raw | {"profile": "paper"})
     with pytest.raises(ValueError, match=r"unknown train params \['epoch'\]"):
-        train_stage.resolve_config(paper["train"] | {"epoch": 3})
+        resolve_config(paper["train"] | {"epoch": 3})
     # and through a stage: one line, before anything is loaded
     raw["profile"] = "paper"
     raw["profiles"]["paper"]["encoders"]["towers"]["txt"] = "x"

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from test_iier import tiny_encoder
 
 from stages import evaluate as evaluate_stage
-from stages import train as train_stage
+from vpmel import iier_training as train_stage
 from vpmel.schema import KB_SCHEMA, write_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,14 +36,18 @@ TRAIN = {
     "eval_batch": 8,
     "eval_block_mb": 1,
     "device": "cpu",
-    "d_v": 12,
-    "d_t": 20,
-    "d_c": 10,
-    "text_global": "mean",
-    "train_vision": True,
-    "train_text": False,
-    "profiles": {"paper": {"lr": 1e-5, "batch_size": 128, "epochs": 20, "d_t": 512}},
+    "model": {
+        "d_v": 12,
+        "d_t": 20,
+        "d_c": 10,
+        "text_global": "mean",
+        "train_vision": True,
+        "train_text": False,
+    },
 }
+QUICK = {"lr": 1e-5, "batch_size": 128, "epochs": 20, "model": {"d_t": 512}}
+ABLATIONS = {"quick": {"table": "loss", "label": "quick", "answers": "a.parquet", "train": QUICK}}
+FROZEN = {"model": TRAIN["model"] | {"train_vision": False, "train_text": False}}
 EVALUATE = {"mention_batch": 8, "entity_batch": 8, "block_mb": 1, "top_k": 20, "device": "cpu"}
 
 
@@ -150,13 +154,37 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_profiles_and_unknown_params() -> None:
-    paper = train_stage.resolve_config(TRAIN | {"profile": "paper"})
-    assert (paper.lr, paper.batch_size, paper.epochs, paper.d_t) == (1e-5, 128, 20, 512)
-    assert train_stage.resolve_config(TRAIN).batch_size == 8
+    quick = train_stage.resolve_config(TRAIN | {"profile": "quick"}, None, ABLATIONS)
+    assert (quick.lr, quick.batch_size, quick.epochs, quick.model.d_t) == (1e-5, 128, 20, 512)
+    assert train_stage.resolve_config(TRAIN, "quick", ABLATIONS).batch_size == 128
+    assert train_stage.resolve_config(TRAIN, None, ABLATIONS).batch_size == 8
     with pytest.raises(ValueError, match="unknown train params"):
         train_stage.resolve_config(TRAIN | {"bacth_size": 3})
-    with pytest.raises(ValueError, match="profile"):
-        train_stage.resolve_config(TRAIN | {"profile": "huge"})
+    with pytest.raises(ValueError, match=r"profile 'huge' is demo or one of ablations \['quick'"):
+        train_stage.resolve_config(TRAIN | {"profile": "huge"}, None, ABLATIONS)
+    # an ablation's model keys are merged into train.model key by key
+    l12 = ABLATIONS["quick"] | {"train": {"model": {"cls_layers": [12]}}}
+    model = train_stage.resolve_config(TRAIN, "l12", {"l12": l12}).model
+    assert (model.cls_layers, model.d_t, model.text_global) == ((12,), 20, "mean")
+    with pytest.raises(ValueError, match=r"^train.profiles moved to the top-level ablations"):
+        train_stage.resolve_config(TRAIN | {"profiles": {}})
+    with pytest.raises(ValueError, match=r"unknown train.model params \['dt'\]"):
+        train_stage.resolve_config(TRAIN | {"model": {"dt": 3}})
+    # the old flat keys: one line saying where the key moved
+    with pytest.raises(ValueError, match=r"^train.d_t moved to train.model.d_t: "):
+        train_stage.resolve_config(TRAIN | {"d_t": 3})
+    old = {"l12": l12 | {"train": {"cls_layers": [12]}}}
+    with pytest.raises(ValueError, match=r"^ablations.l12.train.cls_layers moved to "):
+        train_stage.resolve_config(TRAIN, None, old)
+
+
+class Crash(RuntimeError):
+    """A run dying after an optimizer step (the state saved so far stays)."""
+
+
+def crash_at_5(step: int) -> None:
+    if step == 5:
+        raise Crash
 
 
 def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -> None:
@@ -164,13 +192,6 @@ def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -
     full = run_train(root, "full")
     assert full["steps"] == 16  # 2 epochs x 64 / 8
     assert full["mentions_with_answer"] == 48  # m1's NIL answer gives m_w = ""
-
-    class Crash(RuntimeError):
-        pass
-
-    def crash_at_5(step: int) -> None:
-        if step == 5:
-            raise Crash
 
     with pytest.raises(Crash):
         run_train(root, "crashed", on_step=crash_at_5)
@@ -188,14 +209,50 @@ def test_resume_after_crash_ends_like_an_uninterrupted_run(tiny_project: Path) -
     assert live_a == (root / "crashed/dvclive/plots/metrics/seed_0/train/L.tsv").read_text()
     assert len(live_a.strip().splitlines()) == 3  # header + 2 epochs
 
-    # stop_after_steps saves and exits; the next run picks up from there
+    # stop_after_steps saves and exits; the run without it (and with other settings that
+    # change nothing but time, memory or when to save) picks up from there
     assert run_train(root, "stopped", stop_after_steps=3) == {"stopped_at_step": 3}
     assert (
         json.loads((root / "stopped/models/iier_state/state.json").read_text())["global_step"] == 3
     )
+    seen.clear()
+    neutral = {"eval_block_mb": 2, "save_every_steps": 5, "cache_images": False, "device": "auto"}
+    resumed = run_train(root, "stopped", on_step=seen.append, **neutral)
+    assert seen[0] == 4 and resumed["best_dev"] == full["best_dev"]
+    c = weights(root / "stopped/models/iier")
+    assert all(torch.equal(a[k], c[k]) for k in a)
     # changed params do not resume a foreign state
-    other = run_train(root, "stopped", lr=5e-4)
-    assert other["steps"] == 16
+    seen.clear()
+    other = run_train(root, "stopped", on_step=seen.append, lr=5e-4)
+    assert other["steps"] == 16 and seen[0] == 1
+
+
+def test_gradient_accumulation_resumes_like_an_uninterrupted_run(tiny_project: Path) -> None:
+    """accelerate's accumulate (2 micro-batches of 4 per step), killed after step 5 and
+    resumed from step 4's state mid-epoch: the same weights as an uninterrupted run."""
+    root, acc = tiny_project, {"grad_accumulation": 2, "batch_size": 4}
+    full = run_train(root, "acc_full", **acc)
+    assert (full["steps"], full["batches_per_process"]) == (16, [32])
+
+    with pytest.raises(Crash):
+        run_train(root, "acc_crashed", on_step=crash_at_5, **acc)
+    state = json.loads((root / "acc_crashed/models/iier_state/state.json").read_text())
+    assert (state["global_step"], state["batch_in_epoch"]) == (4, 8)
+    resumed = run_train(root, "acc_crashed", **acc)
+    assert resumed["best_dev"] == full["best_dev"]
+    a, b = weights(root / "acc_full/models/iier"), weights(root / "acc_crashed/models/iier")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_epoch_loader_serves_the_batches_and_skips_without_touching_the_rng() -> None:
+    rows = list(range(100, 164))
+    batches = train_stage.epoch_batches(len(rows), 8, 0, 1, 1, 0, 2)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    served = list(train_stage.epoch_loader(rows, batches, list))
+    assert served == [[rows[j] for j in batch] for batch in batches]
+    assert list(train_stage.epoch_loader(rows, batches, list, 3)) == served[3:]
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def run_evaluate(root: Path, model_dir: Path, out: Path, params: Path) -> None:
@@ -351,10 +408,10 @@ def test_feature_store_serves_frozen_inputs_and_never_changes_them(tiny_project:
     store = FeatureStore.load(root / "features", encoder_id(root / "models/encoder"))
     assert store is not None and FeatureStore.load(root / "features", "another") is None
 
-    frozen = train_stage.resolve_config(TRAIN | {"train_vision": False, "train_text": False})
+    frozen = train_stage.resolve_config(TRAIN | FROZEN)
     from vpmel.encoders import ImageTextEncoder
 
-    model = IIER(ImageTextEncoder.load(root / "models/encoder"), frozen.model()).eval()
+    model = IIER(ImageTextEncoder.load(root / "models/encoder"), frozen.model).eval()
     mentions = pd.read_parquet(root / "data/vpwiki/mentions.parquet")
 
     def inputs(mentions: pd.DataFrame, use_answers: bool = True):
@@ -362,7 +419,7 @@ def test_feature_store_serves_frozen_inputs_and_never_changes_them(tiny_project:
         return load_inputs(
             mentions, read_kb(root / "data/dataset"), root / "data/vpwiki",
             root / "data/dataset", enc.tokenizer, enc.pixel_values, enc.image_size,
-            InputConfig(use_answers, True, frozen.max_text_length), read_answers(answers),
+            InputConfig(use_answers, True, frozen.model.max_text_length), read_answers(answers),
         )  # fmt: skip
 
     stored, computed = inputs(mentions), inputs(mentions)
@@ -380,9 +437,7 @@ def test_feature_store_serves_frozen_inputs_and_never_changes_them(tiny_project:
     # two seeds from the store: one folder each, mean and per-seed summaries
     paths = paths_in(root, "seeds")
     paths = train_stage.dataclasses.replace(paths, features=root / "features")
-    cfg = train_stage.resolve_config(
-        TRAIN | {"train_vision": False, "train_text": False, "seeds": [3, 4], "eval_every": 2}
-    )
+    cfg = train_stage.resolve_config(TRAIN | FROZEN | {"seeds": [3, 4], "eval_every": 2})
     summary = train_stage.train_seeds(cfg, 1.0, {"backend": "demo"}, paths)
     assert summary["seeds"] == [3, 4]
     assert sorted(p.name for p in paths.out.iterdir()) == ["seed_3", "seed_4"]

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vpmel.iier import IIER, EntitySide, Features, MentionSide, pool_text
+from vpmel.params import from_params
 from vpmel.retrieval import Ranking, _pad_entity_side, ordered_top_k
 
 #: what a KB source hands the model for some KB rows (e.g. ``Side.inputs``), or the encoder
@@ -72,11 +73,7 @@ def candidate_config(section: Any, where: str = "evaluate.candidates") -> Candid
             f"{where} must be null (exact ranking) or a mapping like {{k: 100, index: Flat}}, "
             f"not {section!r}"
         )
-    known = {f for f in CandidateConfig.__dataclass_fields__}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} params {unknown}; known: {sorted(known)}")
-    cfg = CandidateConfig(**section)
+    cfg = from_params(CandidateConfig, section, where)
     for name in ("k", "nprobe", "train_size", "batch"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -73,6 +73,7 @@ from transformers import (
 )
 
 from vpmel.encoders import demo_image_processor
+from vpmel.params import from_params
 from vpmel.schema import ENTITY_TYPES, normalize_type
 
 FORMAT_VERSION = 1
@@ -290,11 +291,7 @@ class DemoVLMConfig:
 
 
 def demo_vlm_config(params: Mapping[str, Any] | None) -> DemoVLMConfig:
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DemoVLMConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown detective.demo params {unknown}")
-    return DemoVLMConfig(**params)
+    return from_params(DemoVLMConfig, params, "detective.demo")
 
 
 def build_demo_vlm(

@@ -44,6 +44,7 @@ from vpmel.encoder_training import (
     render_prompted,
     render_view,
 )
+from vpmel.params import from_params
 
 IMAGE_PROMPT = "{image}"  # the model input: the image slots alone; the text follows
 KINDS = ("region", "scene", "view")
@@ -182,13 +183,7 @@ class PretrainConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any] | None) -> PretrainConfig:
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown detective.pretrain params {unknown}")
-        if "kind_rates" in params:
-            params["kind_rates"] = tuple(params["kind_rates"])
-        return cls(**params)
+        return from_params(cls, params, "detective.pretrain")
 
     def corpus(self, views: ViewConfig) -> CorpusConfig:
         return CorpusConfig(self.seed, self.examples, self.kind_rates, views)

@@ -44,6 +44,7 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vpmel.images import ImageProblem, open_rgb
+from vpmel.params import from_params
 
 IGNORE = -100
 
@@ -90,13 +91,10 @@ class TuneConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TuneConfig:
         params = dict(params)
-        lora = LoraSettings(**dict(params.pop("lora", None) or {}))
+        params["lora"] = from_params(LoraSettings, params.get("lora"), "detective.lora")
         if "freeze" in params:
-            params["freeze"] = tuple(params["freeze"] or ())
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown detective tuning params {unknown}")
-        cfg = cls(lora=lora, **params)
+            params["freeze"] = params["freeze"] or ()
+        cfg = from_params(cls, params, "detective.train")
         if cfg.mode not in ("full", "lora"):
             raise ValueError(f"detective.mode must be 'full' or 'lora', got {cfg.mode!r}")
         return cfg

@@ -50,6 +50,7 @@ from vpmel.encoders import DemoEncoderConfig, ImageTextEncoder, demo_encoder
 from vpmel.images import open_rgb
 from vpmel.prompts import PromptStyle, draw_prompt
 from vpmel.scenes import alpha_bbox, compose_scene, draw_background, fit, place_squares
+from vpmel.schedules import cosine_decay
 
 TEXT_VARIANTS = ("name", "name_type", "name_description")
 WHITE_LEVEL = 242  # an entity image's background: border-connected pixels this white or more
@@ -547,14 +548,6 @@ class TrainResult:
     losses: list[float]
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1)))
-
-
 def _optimizer(model: ImageTextEncoder, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -609,13 +602,14 @@ def train_encoder(
     wait = [0.0]  # seconds the loop waited for rendered batches
     batches = _batches(sampler, model, cfg, wait)
     start = time.perf_counter()
+    lr_factor = cosine_decay(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     for step in _steps(cfg.steps, progress, losses):
         entities, pixels, variants = next(batches)
         idx = torch.as_tensor(entities, device=cfg.device)
         text_emb = model.text_projection(bank[idx, torch.as_tensor(variants, device=cfg.device)])
         loss = contrastive_loss(model.image_features(pixels), text_emb, model.logit_scale, idx)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg)
+            group["lr"] = cfg.lr * lr_factor(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

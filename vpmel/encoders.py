@@ -66,6 +66,8 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
+from vpmel.params import from_params
+
 FORMAT_VERSION = 1
 META_FILE = "encoder.json"
 PROJECTION_FILE = "projection.safetensors"
@@ -474,12 +476,7 @@ def demo_image_processor(image_size: int) -> CLIPImageProcessorPil:
 
 def demo_config(params: Mapping[str, Any] | None) -> DemoEncoderConfig:
     """``DemoEncoderConfig`` from a params mapping; unknown keys are an error."""
-    params = dict(params or {})
-    known = set(DemoEncoderConfig.__dataclass_fields__)
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"unknown encoder model params {unknown}; known: {sorted(known)}")
-    return DemoEncoderConfig(**params)
+    return from_params(DemoEncoderConfig, params, "encoders.model")
 
 
 def describe(model: ImageTextEncoder) -> dict[str, Any]:
@@ -512,11 +509,7 @@ def towers_config(params: Mapping[str, Any] | None) -> TowersConfig | None:
     error, and so is a text pooling IIER does not know."""
     if not params:
         return None
-    known = set(TowersConfig.__dataclass_fields__)
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"unknown encoders.towers params {unknown}; known: {sorted(known)}")
-    cfg = TowersConfig(**params)
+    cfg = from_params(TowersConfig, params, "encoders.towers")
     if cfg.text_pooling is not None and cfg.text_pooling not in TEXT_POOLINGS:
         raise ValueError(
             f"encoders.towers.text_pooling must be null (the tower's own) or one of "

@@ -73,6 +73,7 @@ from vpmel.iier_checkpoint import (
     encoder_reference,
     seed_checkpoints,
 )
+from vpmel.params import from_params
 
 if TYPE_CHECKING:  # imported lazily: the units and scoring need only torch
     from vpmel.encoders import ImageTextEncoder
@@ -114,11 +115,7 @@ class IIERConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> IIERConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown IIER model params {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_params(cls, values, "IIER model")
 
 
 # ------------------------------------------------------------------------------ features
@@ -684,14 +681,14 @@ def check_towers(cfg: IIERConfig, encoder: ImageTextEncoder) -> None:
     bad = [x for x in cfg.cls_layers if not 0 <= x <= layers]
     if bad:
         raise ValueError(
-            f"train.cls_layers {list(cfg.cls_layers)}: the vision tower has {layers} layers, "
+            f"train.model.cls_layers {list(cfg.cls_layers)}: the vision tower has {layers} layers, "
             f"so {bad} do not exist; pick layers in 0..{layers} (0 = embeddings, l = output "
             "of block l)"
         )
     if cfg.text_global == "cls" and is_causal_text(encoder.text_model):
         raise ValueError(
-            "train.text_global: cls on CLIP's causal text tower gives a constant T^G; use eos "
-            "(or a BERT text tower)"
+            "train.model.text_global: cls on CLIP's causal text tower gives a constant T^G; "
+            "use eos (or a BERT text tower)"
         )
 
 
