@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import typer
 
-from vpmel.boxes import iou
+from vpmel.vpwiki.boxes import iou
 
 app = typer.Typer(add_completion=False)
 

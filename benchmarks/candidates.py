@@ -16,7 +16,7 @@ Steps, all in one process (peak RSS is the whole run's):
    candidates' on-demand entity side, exact scoring);
 4. **test, exact reference**: exact ranking of ``--exact-mentions`` seeded test mentions
    against every one of the N entities (streamed: each block's entity side computed on
-   demand, scored with :func:`vpmel.retrieval.score_block_rows`, ranks counted
+   demand, scored with :func:`vpmel.iier.retrieval.score_block_rows`, ranks counted
    pessimistically as exact ranking does). Its scoring time counts only the scoring, not
    the entity side; exact scoring of all test mentions is that rate x all pairs.
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_throughput import features as synthetic_features  # noqa: E402
 from eval_throughput import make_model  # noqa: E402
 
-from vpmel.candidates import (  # noqa: E402
+from vpmel.iier.candidates import (  # noqa: E402
     CandidateConfig,
     OnDemand,
     TwoStageRanker,
@@ -54,10 +54,10 @@ from vpmel.candidates import (  # noqa: E402
     input_blocks,
     recall_at,
 )
-from vpmel.iier import IIER, Features  # noqa: E402
-from vpmel.iier_data import Side, index_batches  # noqa: E402
+from vpmel.iier.data import Side, index_batches  # noqa: E402
+from vpmel.iier.model import IIER, Features  # noqa: E402
+from vpmel.iier.retrieval import entity_chunk_for, ordered_top_k, score_block_rows  # noqa: E402
 from vpmel.metrics import ranking_metrics  # noqa: E402
-from vpmel.retrieval import entity_chunk_for, ordered_top_k, score_block_rows  # noqa: E402
 
 DISTRACTOR_BLOCK = 4096
 MIX = (0.2, 0.8)
@@ -128,10 +128,10 @@ class DistractorKB:
 
 def load_demo(args: argparse.Namespace) -> tuple[IIER, object]:
     """The trained IIER of the first seed and its inputs, loaded as `evaluate` loads them."""
-    from vpmel.evaluation import load_data
-    from vpmel.features import FeatureStore, encoder_id
-    from vpmel.iier import seed_checkpoints
-    from vpmel.iier_data import InputConfig
+    from vpmel.iier.data import InputConfig
+    from vpmel.iier.evaluation import load_data
+    from vpmel.iier.features import FeatureStore, encoder_id
+    from vpmel.iier.model import seed_checkpoints
 
     seed, folder = seed_checkpoints(args.model_dir)[0]
     model, extra = IIER.load(folder)

@@ -23,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vpmel.answers import answer_forms, exact_match, model_answer_fn, parsed_rows
-from vpmel.detective import instruction_records, load_pretrained, usable
-from vpmel.detective_training import TuneConfig, tune
+from vpmel.detective.answers import answer_forms, exact_match, model_answer_fn, parsed_rows
+from vpmel.detective.model import instruction_records, load_pretrained, usable
+from vpmel.detective.training import TuneConfig, tune
 from vpmel.params import PARAMS_FILE, load_params
 
 

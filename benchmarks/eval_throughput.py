@@ -9,7 +9,7 @@ rank every mention against every entity and must agree on the rankings.
   ``--ref-chunk`` (6,000) entities copy the chunk to the device, recompute the entity-side
   projections (TFI queries, FC(T_E^G), CMFI's h_e, mean-pooled V_E^L) and run TFI as a
   [N, B, L, L] attention with a [N, B, L, d] context.
-* ours — :mod:`vpmel.retrieval`: the entity side is precomputed once into a store (built
+* ours — :mod:`vpmel.iier.retrieval`: the entity side is precomputed once into a store (built
   block by block: the raw KB never exists in memory), then ``--batch`` mentions are scored
   per pass in blocks bounded by ``--block-mb``.
 
@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
 
-from vpmel.iier import IIER, EntitySide, Features, IIERConfig
-from vpmel.retrieval import (
+from vpmel.iier.model import IIER, EntitySide, Features, IIERConfig
+from vpmel.iier.retrieval import (
     entity_chunk_for,
     ordered_top_k,
     pessimistic_ranks,

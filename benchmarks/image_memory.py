@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/image_memory.py --side 9000
 
 Writes a side x side 16-bit and an 8-bit gray PNG (a smooth gradient with noise), then loads
-each with ``vpmel.images.load_image(path, max_side=1024)`` in a new Python process and prints
+each with ``vpmel.data.images.load_image(path, max_side=1024)`` in a new Python process and prints
 the peak resident memory (VmHWM, Linux) of that process above a process that only imported
 the modules.
 """
@@ -22,7 +22,7 @@ from PIL import Image
 # VmHWM (Linux): the process's own peak; ru_maxrss would also count the parent at fork
 CHILD = """
 import re, sys
-from vpmel.images import load_image
+from vpmel.data.images import load_image
 if sys.argv[1] != "-":
     load_image(sys.argv[1], 1024)
 status = open("/proc/self/status").read()
@@ -31,7 +31,7 @@ print(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024)
 
 
 def peak_mb(arg: str) -> float:
-    """Peak RSS (MB) of a fresh process that imports vpmel.images and loads ``arg``."""
+    """Peak RSS (MB) of a fresh process that imports vpmel.data.images and loads ``arg``."""
     run = subprocess.run([sys.executable, "-c", CHILD, arg], check=True, capture_output=True,
                          text=True)  # fmt: skip
     return float(run.stdout.split()[-1])

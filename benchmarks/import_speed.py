@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vpmel.readers import read_dataset
+from vpmel.data.readers import read_dataset
 
 
 def build(root: Path, entities: int, mentions: int, with_image: float) -> None:

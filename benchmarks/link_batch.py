@@ -35,10 +35,10 @@ from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizerFast, CLIPVisionConfig, CLIPVisionModel
 from transformers.utils import logging as hf_logging
 
-from vpmel.encoders import ImageTextEncoder, demo_image_processor
-from vpmel.iier import IIER, IIERConfig
-from vpmel.iier_data import InputConfig
-from vpmel.schema import KB_SCHEMA, write_table
+from vpmel.data.schema import KB_SCHEMA, write_table
+from vpmel.encoders.model import ImageTextEncoder, demo_image_processor
+from vpmel.iier.data import InputConfig
+from vpmel.iier.model import IIER, IIERConfig
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 

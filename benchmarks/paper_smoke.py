@@ -48,15 +48,15 @@ from transformers import (
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vpmel import iier_training as train_stage  # noqa: E402
-from vpmel.encoders import (  # noqa: E402
+from vpmel.data.schema import KB_SCHEMA, write_table  # noqa: E402
+from vpmel.encoders.model import (  # noqa: E402
     MINILM_REF,
     TowersConfig,
     load_hub_towers,
     resolve_reference,
 )
+from vpmel.iier import training as train_stage  # noqa: E402
 from vpmel.params import PAPER_PROFILE, load_params  # noqa: E402
-from vpmel.schema import KB_SCHEMA, write_table  # noqa: E402
 
 #: VPWiki's train split (paper Table 1): 8,000 image-text pairs, 1.18 mentions per pair
 VPWIKI_TRAIN_MENTIONS = round(8000 * 1.18)
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
 
 def summary_trainable(folder: Path) -> int:
     """Trainable parameters of the saved IIER (both towers and IIER's heads and units)."""
-    from vpmel.iier import IIER
+    from vpmel.iier.model import IIER
 
     model, _ = IIER.load(folder)
     return count(model, trainable=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vpmel.encoder_training import EntityImages, TrainConfig, prompted_scene
-from vpmel.encoders import ImageTextEncoder
+from vpmel.data.schema import read_kb
+from vpmel.encoders.model import ImageTextEncoder
+from vpmel.encoders.training import EntityImages, TrainConfig, prompted_scene
 from vpmel.prompts import draw_prompt
-from vpmel.schema import read_kb
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
 """DVC stage `answers`: Detective-VLM's "{name} {type}" for every mention of every split.
 
 Greedy batched generation, cached per model in `data/answers/cache/` (resumable: a rerun
-generates only what is missing; see `vpmel.answers`). Writes `data/answers/answers.parquet`
-(id, split, raw, name, type; one row per mention) and `reports/detective.json`: exact-match
-accuracy of name and type on dev and test. With `answers.untuned: true` the answers come
-from the base model before tuning (the paper's IIER‡ ablation).
+generates only what is missing; see `vpmel.detective.answers`). Writes
+`data/answers/answers.parquet` (id, split, raw, name, type; one row per mention) and
+`reports/detective.json`: exact-match accuracy of name and type on dev and test. With
+`answers.untuned: true` the answers come from the base model before tuning (the paper's
+IIER‡ ablation).
 The wall time goes to `reports/timings/answers.json` (`answers_untuned.json` for the
 untuned model).
 """
@@ -21,7 +22,8 @@ import typer
 from accelerate import PartialState
 
 from stages.console import clear_errors, console, stage_app
-from vpmel.answers import (
+from vpmel.atomic import atomic_file
+from vpmel.detective.answers import (
     OOF_FILE,
     AnswerCache,
     answers_table,
@@ -31,8 +33,7 @@ from vpmel.answers import (
     model_answer_fn,
     with_out_of_fold,
 )
-from vpmel.atomic import atomic_file
-from vpmel.detective import META_FILE, load_detective, read_meta
+from vpmel.detective.model import META_FILE, load_detective, read_meta
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
 

@@ -1,10 +1,10 @@
-"""DVC stage `baselines`: zero-shot baselines ranked over the entire KB (vpmel.baselines).
+"""DVC stage `baselines`: zero-shot baselines ranked over the entire KB (vpmel.report.baselines).
 
 CLIP zero-shot (prompted mention image vs entity image and name, with `models/encoder`) and
 a text-only bi-encoder (mention text with the Detective-VLM answer vs entity name and
 attributes, pretrained MiniLM). Writes `reports/baselines.json`: H@k, MRR, MR per split and
 per split subset (`test_named`: the caption names the gold entity, `test_unnamed`: it does
-not; vpmel.subsets), `data/baselines/ranks.parquet` (each mention's gold rank under each
+not; vpmel.data.subsets), `data/baselines/ranks.parquet` (each mention's gold rank under each
 baseline: the report's paired comparisons) and `reports/timings/baselines.json`.
 """
 
@@ -17,7 +17,13 @@ import pandas as pd
 import typer
 
 from stages.console import clear_errors, console, stage_app
-from vpmel.baselines import (
+from vpmel.data.schema import read_kb
+from vpmel.data.subsets import SUBSETS, named_mentions, split_metrics, subset_key
+from vpmel.encoders.model import ImageTextEncoder
+from vpmel.iier.data import entity_image_paths, gold_rows, kb_rows, read_answers
+from vpmel.params import PARAMS_FILE, load_params, reject_unknown
+from vpmel.prompts import PromptStyle
+from vpmel.report.baselines import (
     box_following,
     clip_zero_shot_scores,
     entity_texts,
@@ -28,12 +34,6 @@ from vpmel.baselines import (
     text_only_scores,
     world_scene_objects,
 )
-from vpmel.encoders import ImageTextEncoder
-from vpmel.iier_data import entity_image_paths, gold_rows, kb_rows, read_answers
-from vpmel.params import PARAMS_FILE, load_params, reject_unknown
-from vpmel.prompts import PromptStyle
-from vpmel.schema import read_kb
-from vpmel.subsets import SUBSETS, named_mentions, split_metrics, subset_key
 from vpmel.timings import stage_timer
 
 

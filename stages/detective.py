@@ -4,7 +4,7 @@ Builds one instruction per train mention with the paper's template (§5.2) and w
 `data/detective/instructions.jsonl`; tunes the model `detective.model` names — `demo` (the
 tiny LLaVA pretrained by the `detective_base` stage, read from `models/detective_base`) or
 any image-text-to-text checkpoint (full or LoRA) — and writes it to
-`models/detective/` (see `vpmel.detective`). Tuning statistics go to
+`models/detective/` (see `vpmel.detective.model`). Tuning statistics go to
 `reports/detective_tuning.json`, its wall times to `reports/timings/detective.json`.
 Multi-GPU: `accelerate launch -m stages.detective`.
 """
@@ -23,9 +23,9 @@ import typer
 from accelerate import Accelerator, PartialState
 
 from stages.console import clear_errors, console, stage_app
-from vpmel.answers import OOF_FILE, parsed_rows
-from vpmel.cross_fit import cross_fit
-from vpmel.detective import (
+from vpmel.detective.answers import OOF_FILE, parsed_rows
+from vpmel.detective.cross_fit import cross_fit
+from vpmel.detective.model import (
     DEMO,
     PROMPT_FORMATS,
     DetectiveMeta,
@@ -34,7 +34,7 @@ from vpmel.detective import (
     save_detective,
     usable,
 )
-from vpmel.detective_training import TuneConfig, tune
+from vpmel.detective.training import TuneConfig, tune
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
 

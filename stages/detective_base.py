@@ -4,7 +4,7 @@ The paper tunes a VLM that was pretrained elsewhere; the demo has none to downlo
 stage pretrains a tiny LLaVA (vision tower: `models/encoder`; text model: `detective.demo`)
 on a synthetic web corpus drawn from the KB with the demo world's scene generator and its
 own seed stream — never a VPWiki scene, caption or mention, and never the instruction
-template (see `vpmel.detective_pretraining`). `detective` then instruction-tunes it, and
+template (see `vpmel.detective.pretraining`). `detective` then instruction-tunes it, and
 `answers_untuned` asks it as it is (the paper's IIER‡).
 
 Like the encoder, it is trained once and committed with `dvc.lock` (`cache: false`):
@@ -27,19 +27,19 @@ from transformers.utils import logging as hf_logging
 
 from stages.console import clear_errors, console, stage_app
 from vpmel.atomic import staged_folder
-from vpmel.detective import DEMO, build_demo_tokenizer, build_demo_vlm, demo_vlm_config
-from vpmel.detective import image_token as processor_image_token
-from vpmel.detective_pretraining import (
+from vpmel.data.schema import read_kb
+from vpmel.detective.model import DEMO, build_demo_tokenizer, build_demo_vlm, demo_vlm_config
+from vpmel.detective.model import image_token as processor_image_token
+from vpmel.detective.pretraining import (
     PretrainConfig,
     PretrainingCorpus,
     corpus_vocabulary,
     region_naming,
 )
-from vpmel.detective_training import TuneConfig, tune
-from vpmel.encoder_training import EntityImages, ViewConfig
+from vpmel.detective.training import TuneConfig, tune
+from vpmel.encoders.training import EntityImages, ViewConfig
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.prompts import PromptStyle
-from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
 from vpmel.world.generate import WorldConfig, vocabulary_sentences
 

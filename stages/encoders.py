@@ -10,7 +10,7 @@ Reads only the `encoders` section of params.yaml.
   local folder with a CLIPModel checkpoint) and saves it into `models/encoder/`, so later
   stages run offline. A hub id needs network access (or the Hugging Face cache) once. With
   `towers` set (`profile: paper` does: ViT-B/32 beside `bert-base-uncased`), the vision and
-  text towers come from two checkpoints instead (`vpmel.encoders.TowersConfig`).
+  text towers come from two checkpoints instead (`vpmel.encoders.model.TowersConfig`).
 
 The scale `profile` is applied first (`vpmel.params`); a combination that cannot work
 (`towers` under the demo backend, `profile: paper` on the demo encoder) is one line.
@@ -34,8 +34,8 @@ from transformers.utils import logging as hf_logging
 
 from stages.console import clear_errors, console, stage_app
 from vpmel.atomic import staged_folder
-from vpmel.encoder_training import TrainConfig, ViewConfig, train_encoder
-from vpmel.encoders import (
+from vpmel.data.schema import read_kb
+from vpmel.encoders.model import (
     check_encoder_params,
     demo_config,
     describe,
@@ -43,9 +43,9 @@ from vpmel.encoders import (
     load_hub_towers,
     towers_config,
 )
+from vpmel.encoders.training import TrainConfig, ViewConfig, train_encoder
 from vpmel.params import PARAMS_FILE, from_params, load_params, reject_unknown
 from vpmel.prompts import PromptStyle
-from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
 
 KNOWN = {"backend", "hub_model", "towers", "threads", "model", "train"}

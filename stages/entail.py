@@ -16,9 +16,9 @@ from rich.progress import track
 
 from stages.common import annotation_inputs
 from stages.console import clear_errors, console, stage_app
-from vpmel.annotate import requests_for
 from vpmel.params import PARAMS_FILE
 from vpmel.timings import stage_timer
+from vpmel.vpwiki.annotate import requests_for
 
 
 def main(

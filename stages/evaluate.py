@@ -4,7 +4,7 @@ Uses the best checkpoint of each seed of `train` (`models/iier/seed_<s>/`) with 
 input settings it was trained with (answers on/off, prompted or source image, max length;
 stored in the checkpoint); frozen-tower outputs come from the `features` stage's store.
 The entity side of the KB is encoded once per seed; scoring is exact and chunked
-(:mod:`vpmel.retrieval`); ties count pessimistically (rank = number of entities scoring at
+(:mod:`vpmel.iier.retrieval`); ties count pessimistically (rank = number of entities scoring at
 least as high as the gold one). Writes:
 
 - `reports/metrics.json` — `{dev: {H@1, H@3, H@5, H@10, H@20, MRR, MR, n, seeds}, test:
@@ -12,7 +12,7 @@ least as high as the gold one). Writes:
   dev_sd: {...}, test_sd: {...}}` (H@k and MRR in percent; the mean over the seeds, and
   `<split>_sd` their sample sd), the DVC metrics; dev picked each seed's epoch, so it is
   the selection metric and optimistic; `<split>_named` / `<split>_unnamed` are the mentions
-  whose gold entity the caption does / does not name (:func:`vpmel.subsets.is_named`,
+  whose gold entity the caption does / does not name (:func:`vpmel.data.subsets.is_named`,
   the paper's Table 3 point);
 - `data/eval/top20.parquet` — per seed and mention: id, seed, split, qid (gold), named (the
   subset), rank, gold_score, top_qids and top_scores (the 20 best entities, best first);
@@ -25,7 +25,7 @@ the processes; every process ranks every mention).
 
 With ``evaluate.candidates`` set (e.g. ``{k: 100, index: Flat}``; default null = exact) a
 FAISS candidate stage picks K entities per mention and only those are scored exactly, their
-entity side computed on demand (:mod:`vpmel.candidates`); ranks of mentions whose gold entity
+entity side computed on demand (:mod:`vpmel.iier.candidates`); ranks of mentions whose gold entity
 was not among the candidates are the KB size, and `reports/evaluate.json` gains the recall@K
 of each split. One process only.
 """
@@ -40,8 +40,8 @@ import typer
 from accelerate import Accelerator
 
 from stages.console import clear_errors, console, stage_app
-from vpmel.candidates import candidate_config
-from vpmel.evaluation import EvalConfig, evaluate, summary_lines
+from vpmel.iier.candidates import candidate_config
+from vpmel.iier.evaluation import EvalConfig, evaluate, summary_lines
 from vpmel.params import PARAMS_FILE, from_params, load_params
 from vpmel.timings import stage_timer
 

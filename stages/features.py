@@ -3,7 +3,7 @@
 Runs the encoder's text tower over every KB text and every mention text IIER may read
 (with the tuned Detective-VLM answers, with the untuned ones, without answers) and its
 vision tower over every KB image and every mention image (prompted and unprompted), and
-stores the outputs content-addressed (:mod:`vpmel.features`). `train`, `evaluate` and every
+stores the outputs content-addressed (:mod:`vpmel.iier.features`). `train`, `evaluate` and every
 ablation and seed then load them instead of running the towers: with frozen towers each
 run only trains and applies IIER's heads. A run's input that the store lacks is computed
 in-process, so the store never changes a result, only the time.
@@ -23,12 +23,12 @@ import typer
 
 from stages.console import clear_errors, console, stage_app
 from vpmel.atomic import staged_folder
-from vpmel.encoders import resolve_encoder
-from vpmel.features import build_features, encoder_id, save_store
-from vpmel.iier_data import InputConfig, load_inputs, read_answers
-from vpmel.iier_training import resolve_config
+from vpmel.data.schema import read_kb
+from vpmel.encoders.model import resolve_encoder
+from vpmel.iier.data import InputConfig, load_inputs, read_answers
+from vpmel.iier.features import build_features, encoder_id, save_store
+from vpmel.iier.training import resolve_config
 from vpmel.params import PARAMS_FILE, load_params
-from vpmel.schema import read_kb
 from vpmel.timings import stage_timer
 
 DEFAULT_ANSWERS = [

@@ -16,8 +16,8 @@ from rich.table import Table
 
 from stages.console import clear_errors, console, stage_app
 from vpmel.atomic import overlapping, staged_folder
+from vpmel.data.readers import import_settings, read_dataset, write_dataset
 from vpmel.params import PARAMS_FILE, load_params
-from vpmel.readers import import_settings, read_dataset, write_dataset
 from vpmel.timings import stage_timer
 
 

@@ -4,7 +4,7 @@ Reads what the other stages wrote (reports/*.json, the ablation runs under repor
 dvclive curves, data/eval/top20.parquet) and writes `reports/report.md` with
 `reports/report_training.png`, `reports/report_hits.png` and `reports/report_cases.png`
 next to it — plain Markdown and PNG that open without a network
-(:mod:`vpmel.report_document` assembles them).
+(:mod:`vpmel.report.document` assembles them).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 
 from stages.console import clear_errors, console, stage_app
 from vpmel.params import ABLATION_TABLES, PARAMS_FILE, load_params, read_ablations
-from vpmel.report_document import Sources, Variants, write_report
+from vpmel.report.document import Sources, Variants, write_report
 
 BASELINES = {
     "clip_zero_shot": "CLIP zero-shot (demo encoder)",

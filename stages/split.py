@@ -34,14 +34,12 @@ import typer
 from rich.progress import track
 
 from stages.console import clear_errors, console, stage_app
-from vpmel.contact_sheet import Tile, draw_contact_sheet
-from vpmel.label_studio import human_counts, read_human
+from vpmel.data.schema import read_kb, read_mentions
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.prompts import PromptStyle
-from vpmel.schema import read_kb, read_mentions
-from vpmel.split import table1, type_distribution
+from vpmel.report.contact_sheet import Tile, draw_contact_sheet
 from vpmel.timings import stage_timer
-from vpmel.vpwiki import (
+from vpmel.vpwiki.assemble import (
     BuildConfig,
     grounding_report,
     select,
@@ -49,6 +47,8 @@ from vpmel.vpwiki import (
     write_prompted_images,
     write_released,
 )
+from vpmel.vpwiki.label_studio import human_counts, read_human
+from vpmel.vpwiki.split import table1, type_distribution
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -14,7 +14,7 @@ Reads params ``train`` (``train.profile`` or ``--profile`` may name an entry of 
 top-level ``ablations`` registry, e.g. ``iier_star``, whose train overrides apply),
 ``ablations``, ``lambda`` and ``encoders``, all after the scale ``profile`` is applied
 (``profile: paper``: everything Appendix A.1 states, see ``vpmel.params``), and trains one
-IIER per ``train.seeds`` entry with :func:`vpmel.iier_training.train_seeds` (what a run
+IIER per ``train.seeds`` entry with :func:`vpmel.iier.training.train_seeds` (what a run
 does, and how it resumes, is there).
 
 Writes ``models/iier/seed_<s>/`` (the checkpoint with the best dev MRR), ``dvclive/``
@@ -31,8 +31,8 @@ import typer
 from accelerate import PartialState
 
 from stages.console import clear_errors
-from vpmel.encoders import check_encoder_params
-from vpmel.iier_training import Paths, resolve_config, train_seeds
+from vpmel.encoders.model import check_encoder_params
+from vpmel.iier.training import Paths, resolve_config, train_seeds
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vpmel.schema import KB_FILE, KB_SCHEMA, write_table
+from vpmel.data.schema import KB_FILE, KB_SCHEMA, write_table
 
 
 def write_image(path: Path, kind: str = "rgb", size: tuple[int, int] = (40, 30)) -> Path:

@@ -14,7 +14,7 @@ from test_detective import TINY
 from typer.testing import CliRunner
 
 from stages.answers import app
-from vpmel.answers import (
+from vpmel.detective.answers import (
     AnswerCache,
     answer_forms,
     answers_table,
@@ -23,14 +23,14 @@ from vpmel.answers import (
     fingerprint,
     model_answer_fn,
 )
-from vpmel.detective import (
+from vpmel.detective.model import (
     DetectiveMeta,
     build_demo_tokenizer,
     build_demo_vlm,
     demo_corpus,
     save_detective,
 )
-from vpmel.iier_data import answer_strings
+from vpmel.iier.data import answer_strings
 
 
 def mentions(n: int = 10) -> pd.DataFrame:
@@ -160,7 +160,7 @@ def tiny_model_folder(folder: Path) -> None:
 def test_generation_answers_every_row(tmp_path: Path) -> None:
     ms = tiny_vpwiki(tmp_path / "vpwiki", n=5)
     tiny_model_folder(tmp_path / "model")
-    from vpmel.detective import load_detective
+    from vpmel.detective.model import load_detective
 
     model, processor, _ = load_detective(tmp_path / "model")
     answer = model_answer_fn(model, processor, tmp_path / "vpwiki", batch_size=2, max_new_tokens=4)
@@ -216,7 +216,7 @@ def test_stage_writes_answers_and_metrics_and_resumes(tmp_path: Path, monkeypatc
 
 
 def test_train_rows_take_their_out_of_fold_answer() -> None:
-    from vpmel.answers import with_out_of_fold
+    from vpmel.detective.answers import with_out_of_fold
 
     table = pd.DataFrame(
         {"id": ["a", "b", "c"], "split": ["train", "train", "test"], "raw": ["x Misc"] * 3}
@@ -231,7 +231,7 @@ def test_train_rows_take_their_out_of_fold_answer() -> None:
 
 
 def test_folds_keep_pairs_together_and_are_seeded() -> None:
-    from vpmel.cross_fit import fold_of
+    from vpmel.detective.cross_fit import fold_of
 
     pairs = pd.Series(["p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6"])
     fold = fold_of(pairs, 2, seed=0)

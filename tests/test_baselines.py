@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from vpmel.baselines import (
+from vpmel.prompts import PromptStyle, draw_prompt
+from vpmel.report.baselines import (
     box_following,
     clip_zero_shot_scores,
     evaluate_scores,
@@ -15,8 +16,7 @@ from vpmel.baselines import (
     mention_texts,
     other_object,
 )
-from vpmel.prompts import PromptStyle, draw_prompt
-from vpmel.report import markdown_table, metrics_table, pick_cases, subset_table
+from vpmel.report.render import markdown_table, metrics_table, pick_cases, subset_table
 
 
 class FakeEncoder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpmel.boxes import iou, pairwise_iou, sliding_windows
+from vpmel.vpwiki.boxes import iou, pairwise_iou, sliding_windows
 
 
 def test_iou_known_values() -> None:

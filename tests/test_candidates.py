@@ -9,7 +9,7 @@ import torch
 from test_iier import tiny_config, tiny_encoder
 from test_retrieval import random_side
 
-from vpmel.candidates import (
+from vpmel.iier.candidates import (
     CandidateConfig,
     OnDemand,
     Stored,
@@ -23,9 +23,9 @@ from vpmel.candidates import (
     store_index,
     two_stage_ranker,
 )
-from vpmel.iier import IIER
-from vpmel.iier_data import entity_batches
-from vpmel.retrieval import RankConfig, build_entity_store, kb_ranker, rank_rows
+from vpmel.iier.data import entity_batches
+from vpmel.iier.model import IIER
+from vpmel.iier.retrieval import RankConfig, build_entity_store, kb_ranker, rank_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

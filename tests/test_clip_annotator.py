@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from vpmel.boxes import iou
-from vpmel.clip_annotator import ClipAnnotator, ProposalConfig, fit_calibration, objectness
+from vpmel.vpwiki.boxes import iou
+from vpmel.vpwiki.clip_annotator import ClipAnnotator, ProposalConfig, fit_calibration, objectness
 
 COLOURS = {"red": (230, 30, 30), "blue": (30, 30, 230), "green": (30, 200, 30)}
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vpmel import detective
-from vpmel.detective import (
+from vpmel.detective import model as detective
+from vpmel.detective.model import (
     Answer,
     DemoVLMConfig,
     DetectiveMeta,
@@ -27,7 +27,7 @@ from vpmel.detective import (
     render_instruction,
     save_detective,
 )
-from vpmel.detective_training import (
+from vpmel.detective.training import (
     IGNORE,
     LoraSettings,
     TuneConfig,

@@ -18,13 +18,14 @@ from test_encoders import TINY
 from typer.testing import CliRunner
 
 from stages.detective_base import app
-from vpmel.detective import (
+from vpmel.data.schema import KB_FILE
+from vpmel.detective.model import (
     build_demo_tokenizer,
     format_prompt,
     load_pretrained,
     render_instruction,
 )
-from vpmel.detective_pretraining import (
+from vpmel.detective.pretraining import (
     KINDS,
     REGION_TEXTS,
     SCENE_TEXTS,
@@ -34,9 +35,8 @@ from vpmel.detective_pretraining import (
     corpus_vocabulary,
     names_region,
 )
-from vpmel.encoder_training import EntityImages
-from vpmel.encoders import demo_encoder
-from vpmel.schema import KB_FILE
+from vpmel.encoders.model import demo_encoder
+from vpmel.encoders.training import EntityImages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

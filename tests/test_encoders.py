@@ -23,7 +23,15 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPToken
 from typer.testing import CliRunner
 
 from stages.encoders import app
-from vpmel.encoder_training import (
+from vpmel.data.schema import KB_FILE
+from vpmel.encoders.model import (
+    MINILM_REF,
+    DemoEncoderConfig,
+    ImageTextEncoder,
+    demo_encoder,
+    resolve_encoder,
+)
+from vpmel.encoders.training import (
     EntityImages,
     TrainConfig,
     ViewConfig,
@@ -36,15 +44,7 @@ from vpmel.encoder_training import (
     render_prompted,
     train_encoder,
 )
-from vpmel.encoders import (
-    MINILM_REF,
-    DemoEncoderConfig,
-    ImageTextEncoder,
-    demo_encoder,
-    resolve_encoder,
-)
 from vpmel.prompts import PromptStyle
-from vpmel.schema import KB_FILE
 
 TINY = DemoEncoderConfig(
     image_size=32,

@@ -1,7 +1,7 @@
 """IIER's units against straightforward implementations of the paper's equations (A.5).
 
 The references below are written from the paper with loops and einsum, sharing no code with
-vpmel.iier; tiny random models are built from configs (offline).
+vpmel.iier.model; tiny random models are built from configs (offline).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel, BertTokenizerFast, CLIPVisionConfig, CLIPVisionModel
 
-from vpmel.encoders import ImageTextEncoder, demo_image_processor
-from vpmel.iier import (
+from vpmel.encoders.model import ImageTextEncoder, demo_image_processor
+from vpmel.iier.checkpoint import encoder_fingerprint
+from vpmel.iier.model import (
     CMFI,
     IIER,
     PAPER_CLS_LAYERS,
@@ -30,7 +31,6 @@ from vpmel.iier import (
     VFIDirection,
     iier_loss,
 )
-from vpmel.iier_checkpoint import encoder_fingerprint
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -511,7 +511,7 @@ def test_mentions_sharing_a_gold_entity_are_not_negatives() -> None:
     """With the collator's distinct-entity columns, mention 0 and 1 (same gold) share one
     column; the naive one-column-per-mention matrix would count a duplicate of the gold
     entity as a negative and give a larger loss."""
-    from vpmel.iier_data import ContrastiveCollator
+    from vpmel.iier.data import ContrastiveCollator
 
     class FakeSide:
         def inputs(self, rows):

@@ -1,4 +1,4 @@
-"""vpmel.images: safe loading, conversion to RGB, downscaling, paths and boxes."""
+"""vpmel.data.images: safe loading, conversion to RGB, downscaling, paths and boxes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpmel.images import (
+from vpmel.data.images import (
     ImageProblem,
     clip_box,
     load_image,
@@ -18,7 +18,7 @@ from vpmel.images import (
     resolve_inside,
     scale_box,
 )
-from vpmel.quality import Reason
+from vpmel.data.quality import Reason
 
 # ----------------------------------------------------------------------------- paths
 

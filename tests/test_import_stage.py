@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from stages.import_data import app
-from vpmel.schema import read_mentions
+from vpmel.data.schema import read_mentions
 
 
 def snapshot(folder: Path) -> dict[str, str]:

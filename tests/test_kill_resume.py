@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from test_answers import tiny_model_folder, tiny_vpwiki
 
-from vpmel.answers import AnswerCache
+from vpmel.detective.answers import AnswerCache
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 300

@@ -18,10 +18,10 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from vpmel import label_studio as ls
 from vpmel.cli import app
-from vpmel.schema import ENTITY_TYPES, KB_SCHEMA, MENTION_SCHEMA, read_mentions, write_table
-from vpmel.vpwiki import BuildConfig, select, select_human
+from vpmel.data.schema import ENTITY_TYPES, KB_SCHEMA, MENTION_SCHEMA, read_mentions, write_table
+from vpmel.vpwiki import label_studio as ls
+from vpmel.vpwiki.assemble import BuildConfig, select, select_human
 
 W, H = 64, 48
 REFERENCE = [8.0, 8.0, 40.0, 36.0]
@@ -62,7 +62,7 @@ def build_dataset(root: Path, n: int = 10) -> dict[str, Path]:
 
 
 def frames(paths: dict[str, Path]) -> tuple[pd.DataFrame, ...]:
-    from vpmel.schema import read_kb
+    from vpmel.data.schema import read_kb
 
     return (
         read_mentions(paths["dataset"]),

@@ -38,8 +38,8 @@ from test_label_studio import (
 from test_label_studio import _run_split as run_split
 from typer.testing import CliRunner
 
-from vpmel import label_studio as ls
 from vpmel.cli import app
+from vpmel.vpwiki import label_studio as ls
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_VAR = "VPMEL_LABEL_STUDIO_ENV"

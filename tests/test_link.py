@@ -19,12 +19,12 @@ from test_iier import tiny_encoder
 from typer.testing import CliRunner
 
 from vpmel.cli import app
-from vpmel.iier import IIER, IIERConfig
-from vpmel.iier_checkpoint import encoder_fingerprint
-from vpmel.iier_data import InputConfig, entity_batches, kb_side
+from vpmel.data.schema import KB_SCHEMA, write_table
+from vpmel.iier.checkpoint import encoder_fingerprint
+from vpmel.iier.data import InputConfig, entity_batches, kb_side
+from vpmel.iier.model import IIER, IIERConfig
+from vpmel.iier.retrieval import build_entity_store
 from vpmel.link import Linker, LinkError, LinkResult, Region, parse_box, read_batch
-from vpmel.retrieval import build_entity_store
-from vpmel.schema import KB_SCHEMA, write_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = IIERConfig(d_v=8, d_t=12, d_c=6, text_global="mean", max_text_length=24)

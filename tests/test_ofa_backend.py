@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpmel.annotation_backend import Request
-from vpmel.ofa_backend import OfaBackend, resolve_model
+from vpmel.vpwiki.annotation_backend import Request
+from vpmel.vpwiki.ofa_backend import OfaBackend, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = Path(os.environ.get("VPMEL_OFA_ENV", REPO / ".venv-ofa"))

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from stages import encoders as encoders_stage
 from stages import train as train_stage
-from vpmel.encoders import (
+from vpmel.encoders.model import (
     MINILM_REF,
     ImageTextEncoder,
     TowersConfig,
@@ -33,8 +33,8 @@ from vpmel.encoders import (
     resolve_reference,
     towers_config,
 )
-from vpmel.iier import IIER, IIERConfig
-from vpmel.iier_training import resolve_config
+from vpmel.iier.model import IIER, IIERConfig
+from vpmel.iier.training import resolve_config
 from vpmel.params import apply_profile, load_params
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from vpmel.schema import read_kb, read_mentions
+from vpmel.data.schema import read_kb, read_mentions
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "dev", "test")

@@ -1,4 +1,4 @@
-"""vpmel.readers: every format, every kind of bad input, exact tables and report lines."""
+"""vpmel.data.readers: every format, every kind of bad input, exact tables and report lines."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vpmel.quality import QualityReport
-from vpmel.readers import FORMATS, read_dataset, write_dataset
-from vpmel.readers import common as readers_common
-from vpmel.readers.common import Answer, Malformed
-from vpmel.readers.ghmfc import IMAGE_FOLDERS, image_candidates
-from vpmel.readers.mimic import image_names
-from vpmel.readers.vpwiki import source_of
-from vpmel.readers.wikidiverse import parse_ref
-from vpmel.schema import KB_SCHEMA, MENTION_SCHEMA, read_kb, read_mentions
+from vpmel.data.quality import QualityReport
+from vpmel.data.readers import FORMATS, read_dataset, write_dataset
+from vpmel.data.readers import common as readers_common
+from vpmel.data.readers.common import Answer, Malformed
+from vpmel.data.readers.ghmfc import IMAGE_FOLDERS, image_candidates
+from vpmel.data.readers.mimic import image_names
+from vpmel.data.readers.vpwiki import source_of
+from vpmel.data.readers.wikidiverse import parse_ref
+from vpmel.data.schema import KB_SCHEMA, MENTION_SCHEMA, read_kb, read_mentions
 
 #: The authors' released VPWiki test file (their data, not ours: never copied into this
 #: repository). Checks against it run when this variable gives its path; `.ci/run` sets it.

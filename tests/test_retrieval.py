@@ -10,10 +10,9 @@ import pytest
 import torch
 from test_iier import tiny_config, tiny_encoder
 
-from vpmel.iier import IIER
-from vpmel.iier_data import ImageBank, Side, TextBank, entity_batches, index_batches
-from vpmel.metrics import ranking_metrics
-from vpmel.retrieval import (
+from vpmel.iier.data import ImageBank, Side, TextBank, entity_batches, index_batches
+from vpmel.iier.model import IIER
+from vpmel.iier.retrieval import (
     RankConfig,
     Ranker,
     aligned_shard,
@@ -26,6 +25,7 @@ from vpmel.retrieval import (
     rank_rows,
     shard_range,
 )
+from vpmel.metrics import ranking_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

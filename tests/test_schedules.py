@@ -17,7 +17,7 @@ def old_iier_factor(step: int, warmup: int, total: int) -> float:
 
 
 def old_encoder_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """vpmel/encoder_training.py's lr_factor before the move (the demo encoder)."""
+    """vpmel/encoders/training.py's lr_factor before the move (the demo encoder)."""
     if step < warmup:
         return (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)

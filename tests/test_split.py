@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from vpmel.split import split_by_pair, table1, type_distribution
+from vpmel.vpwiki.split import split_by_pair, table1, type_distribution
 
 
 def _mentions(n_pairs: int = 200) -> pd.DataFrame:

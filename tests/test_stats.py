@@ -1,11 +1,11 @@
-"""vpmel.stats: seeds, paired bootstrap over mentions, McNemar's exact test."""
+"""vpmel.iier.stats: seeds, paired bootstrap over mentions, McNemar's exact test."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vpmel.stats import mcnemar_exact, paired_bootstrap, per_mention, seed_summary
+from vpmel.iier.stats import mcnemar_exact, paired_bootstrap, per_mention, seed_summary
 
 
 def test_seed_summary_is_mean_and_sample_sd() -> None:

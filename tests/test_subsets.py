@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vpmel.data.subsets import is_named, name_in_text, named_mentions, split_metrics, subset_metrics
 from vpmel.metrics import ranking_metrics
-from vpmel.subsets import is_named, name_in_text, named_mentions, split_metrics, subset_metrics
 
 
 @pytest.mark.parametrize(

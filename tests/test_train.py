@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from test_iier import tiny_encoder
 
 from stages import evaluate as evaluate_stage
-from vpmel import iier_training as train_stage
-from vpmel.schema import KB_SCHEMA, write_table
+from vpmel.data.schema import KB_SCHEMA, write_table
+from vpmel.iier import training as train_stage
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "red blue cat dog car tree house river moon star apple bread lamp chair boat".split()
@@ -351,8 +351,8 @@ def test_inputs_answers_images_and_problems(tiny_project: Path) -> None:
     unprompted source image; a mention with a missing image is dropped and reported, never
     fed a placeholder."""
     root = tiny_project
-    from vpmel.iier_data import InputConfig, load_inputs, read_answers
-    from vpmel.schema import read_kb
+    from vpmel.data.schema import read_kb
+    from vpmel.iier.data import InputConfig, load_inputs, read_answers
 
     enc = tiny_encoder(root / "tok2")
     mentions = pd.read_parquet(root / "data/vpwiki/mentions.parquet")
@@ -392,10 +392,10 @@ def test_feature_store_serves_frozen_inputs_and_never_changes_them(tiny_project:
     store (none recomputed) and gets the very tensors the towers give; an input the store
     lacks is computed; a store made with another encoder is ignored; seeds share it."""
     from stages import features as features_stage
-    from vpmel.features import FeatureStore, encoder_id
-    from vpmel.iier import IIER
-    from vpmel.iier_data import InputConfig, load_inputs, read_answers
-    from vpmel.schema import read_kb
+    from vpmel.data.schema import read_kb
+    from vpmel.iier.data import InputConfig, load_inputs, read_answers
+    from vpmel.iier.features import FeatureStore, encoder_id
+    from vpmel.iier.model import IIER
 
     root = tiny_project
     answers = root / "data/answers/answers.parquet"
@@ -409,7 +409,7 @@ def test_feature_store_serves_frozen_inputs_and_never_changes_them(tiny_project:
     assert store is not None and FeatureStore.load(root / "features", "another") is None
 
     frozen = train_stage.resolve_config(TRAIN | FROZEN)
-    from vpmel.encoders import ImageTextEncoder
+    from vpmel.encoders.model import ImageTextEncoder
 
     model = IIER(ImageTextEncoder.load(root / "models/encoder"), frozen.model).eval()
     mentions = pd.read_parquet(root / "data/vpwiki/mentions.parquet")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vpmel.prompts import PromptStyle
-from vpmel.vpwiki import BuildConfig, select, write_prompted_images, write_released
+from vpmel.vpwiki.assemble import BuildConfig, select, write_prompted_images, write_released
 
 
 def _inputs(n_pairs: int = 30):

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vpmel.contact_sheet import Tile, draw_contact_sheet, wrap
-from vpmel.schema import ENTITY_TYPES
+from vpmel.data.schema import ENTITY_TYPES
+from vpmel.report.contact_sheet import Tile, draw_contact_sheet, wrap
 from vpmel.world import WorldConfig, generate_world, plan_world, world_contact_sheet, world_digest
 from vpmel.world.captions import compose_caption, fill, lead_in, phrase
 from vpmel.world.emoji import load_catalogue, select_kb, short_alias

@@ -1,6 +1,6 @@
 """The ``vpmel`` command: ``vpmel link IMAGE --box X1,Y1,X2,Y2 [--text ...]`` for one
 region, ``vpmel link --batch FILE.jsonl [--out RESULTS.jsonl]`` for many; ``vpmel annotate
-export|import`` for human verification of VPWiki in Label Studio (vpmel.label_studio).
+export|import`` for human verification of VPWiki in Label Studio (vpmel.vpwiki.label_studio).
 
 Every input is checked before the model loads (see :mod:`vpmel.link`), so a mistake costs
 well under a second; each one is a single ``vpmel link: error: ...`` line and exit code 1.
@@ -282,8 +282,8 @@ def annotate_export(
 
     Files: labeling_config.xml, tasks.json (one task per mention) and project.json.
     """
-    from vpmel import label_studio as ls  # here: `vpmel link` starts without pandas
-    from vpmel.schema import read_kb, read_mentions
+    from vpmel.data.schema import read_kb, read_mentions
+    from vpmel.vpwiki import label_studio as ls  # here: `vpmel link` starts without pandas
 
     root = document_root or dataset
     try:
@@ -321,8 +321,8 @@ def annotate_import(
     One decision per mention (related, box, type), Fleiss' kappa and the annotators' mean
     pairwise IoU; every unusable task or annotation is listed. Then set split.human: OUT.
     """
-    from vpmel import label_studio as ls
-    from vpmel.schema import read_mentions
+    from vpmel.data.schema import read_mentions
+    from vpmel.vpwiki import label_studio as ls
 
     try:
         tasks = ls.read_export(export)

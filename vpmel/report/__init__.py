@@ -1,0 +1,1 @@
+"""What the report shows: zero-shot baselines, tables, figures and contact sheets."""
