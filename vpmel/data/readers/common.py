@@ -19,6 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -520,4 +521,26 @@ def parse_records(
             rid = record_label(rec, fallback)
             report.drop("mentions", rid, file, Reason.MALFORMED_RECORD, str(exc))
     report_unknown_keys(report, "mentions", file, unknown)
+    return drafts
+
+
+def read_record_lists(
+    files: Iterable[Path],
+    src: Path,
+    what: str,
+    parse: Callable[..., MentionDraft],
+    *,
+    known_keys: frozenset[str],
+    report: QualityReport,
+) -> list[MentionDraft]:
+    """Mention records from JSON files that each hold a list of ``what``: every record goes
+    through :func:`parse_records` under the id ``<file>[<index>]``; ``parse`` also receives
+    ``file=`` (the file's label)."""
+    drafts: list[MentionDraft] = []
+    for path in files:
+        label = data_file_label(path, src)
+        data = expect_list(load_json(path), path, what)
+        items = ((f"{label}[{i}]", rec) for i, rec in enumerate(data))
+        parse_file = partial(parse, file=label)
+        drafts += parse_records(items, parse_file, known_keys=known_keys, file=label, report=report)
     return drafts

@@ -39,7 +39,6 @@ from vpmel.data.readers.common import (
     Malformed,
     MentionDraft,
     answer_field,
-    data_file_label,
     description_text,
     expect_list,
     expect_object,
@@ -47,7 +46,7 @@ from vpmel.data.readers.common import (
     id_field,
     kb_images,
     load_json,
-    parse_records,
+    read_record_lists,
     record_label,
     report_unknown_keys,
     text_field,
@@ -83,14 +82,10 @@ def image_ref(root: Path, folder: str, ref: str) -> ImageRef:
 def read_mentions(
     files: list[Path], src: Path, source: str | None, report: QualityReport
 ) -> list[MentionDraft]:
-    drafts: list[MentionDraft] = []
-    for path in files:
-        label = data_file_label(path, src)
-        data = expect_list(load_json(path), path, "mention records")
-        parse = partial(_parse, src=src, source=source or "mimic", file=label)
-        items = ((f"{label}[{i}]", rec) for i, rec in enumerate(data))
-        drafts += parse_records(items, parse, known_keys=KNOWN_KEYS, file=label, report=report)
-    return drafts
+    parse = partial(_parse, src=src, source=source or "mimic")
+    return read_record_lists(
+        files, src, "mention records", parse, known_keys=KNOWN_KEYS, report=report
+    )
 
 
 def _parse(rec: Mapping, fallback: str, *, src: Path, source: str, file: str) -> MentionDraft:

@@ -25,12 +25,9 @@ from vpmel.data.readers.common import (
     ImageRef,
     MentionDraft,
     answer_field,
-    data_file_label,
-    expect_list,
     find_span,
     id_field,
-    load_json,
-    parse_records,
+    read_record_lists,
     text_field,
 )
 
@@ -45,14 +42,10 @@ def source_of(answer: str | None) -> str:
 def read_mentions(
     files: list[Path], src: Path, source: str | None, report: QualityReport
 ) -> list[MentionDraft]:
-    drafts: list[MentionDraft] = []
-    for path in files:
-        label = data_file_label(path, src)
-        data = expect_list(load_json(path), path, "VPWiki records")
-        parse = partial(_parse, src=src, source=source, file=label)
-        items = ((f"{label}[{i}]", rec) for i, rec in enumerate(data))
-        drafts += parse_records(items, parse, known_keys=KNOWN_KEYS, file=label, report=report)
-    return drafts
+    parse = partial(_parse, src=src, source=source)
+    return read_record_lists(
+        files, src, "VPWiki records", parse, known_keys=KNOWN_KEYS, report=report
+    )
 
 
 def _parse(rec, fallback: str, *, src: Path, source: str | None, file: str) -> MentionDraft:
