@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 import typer
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 
 from stages.console import clear_errors, console, stage_app
 from vpmel.detective.answers import OOF_FILE, parsed_rows
@@ -49,10 +48,8 @@ def main(
     reports: Path = typer.Option(Path("reports")),
     params_file: Path = typer.Option(PARAMS_FILE, "--params"),
 ) -> None:
-    # one record per run, written by the main process (every rank runs this under accelerate)
-    main_rank = PartialState().is_main_process
-    timer = stage_timer("detective", reports / "timings") if main_rank else nullcontext({})
-    with timer as timing:
+    # every rank runs this under accelerate; stage_timer writes the record on rank 0 only
+    with stage_timer("detective", reports / "timings") as timing:
         with clear_errors("detective"):
             p = load_params("detective", params_file)
             if p.get("threads"):

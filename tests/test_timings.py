@@ -21,6 +21,19 @@ def test_stage_timer_writes_a_record_only_on_success(tmp_path: Path) -> None:
     assert not (tmp_path / "evaluate.json").exists()
 
 
+def test_stage_timer_writes_only_on_rank_zero(tmp_path: Path, monkeypatch) -> None:
+    # every rank of `accelerate launch` times the run; two writers of one file once raced
+    # on its temporary name (CI: FileNotFoundError '.train.json.tmp')
+    monkeypatch.setenv("RANK", "1")
+    with stage_timer("train", tmp_path):
+        pass
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv("RANK", "0")
+    with stage_timer("train", tmp_path):
+        pass
+    assert (tmp_path / "train.json").exists()
+
+
 def test_timing_table_sums_stages(tmp_path: Path) -> None:
     for stage, wall in (("world", 30.0), ("train", 95.0)):
         (tmp_path / f"{stage}.json").write_text(json.dumps({"stage": stage, "wall_s": wall}))

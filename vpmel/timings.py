@@ -48,7 +48,9 @@ def stage_timer(stage: str, folder: Path = TIMINGS_DIR) -> Iterator[dict[str, An
 
     On success writes ``folder/<stage>.json`` with ``wall_s`` (process start to end),
     ``work_s`` (inside the ``with``), ``cores`` and the added figures; on an exception
-    nothing is written, so a failed run never leaves a time that looks like a result."""
+    nothing is written, so a failed run never leaves a time that looks like a result.
+    Under a multi-process launch (``accelerate launch`` sets ``RANK``) only rank 0 writes:
+    every rank times the same run, and two writers of one file would race on its swap."""
     started = getattr(sys.modules.get("stages"), "STARTED", None)
     # `python -m stages.x` imports the `stages` package first: its import time is this
     # program's start. /proc's process start is the fallback: it is too early when a shell
@@ -65,6 +67,8 @@ def stage_timer(stage: str, folder: Path = TIMINGS_DIR) -> Iterator[dict[str, An
         "cores": cores(),
         **record,
     }
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     text = json.dumps(out, indent=1) + "\n"
     atomic_file(Path(folder) / f"{stage}.json", lambda tmp: Path(tmp).write_text(text))
 
