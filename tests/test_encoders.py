@@ -33,6 +33,7 @@ from vpmel.encoders.model import (
 )
 from vpmel.encoders.training import (
     EntityImages,
+    PromptPhase,
     TrainConfig,
     ViewConfig,
     ViewSampler,
@@ -42,6 +43,7 @@ from vpmel.encoders.training import (
     prompt_following,
     prompt_probe,
     render_prompted,
+    scene_loss,
     train_encoder,
 )
 from vpmel.prompts import PromptStyle
@@ -107,21 +109,25 @@ def test_prompted_views_box_one_entity_among_others(kb: pd.DataFrame, kb_root: P
     images = EntityImages.from_kb(kb, kb_root)
     pool = np.arange(len(kb))
     cfg = ViewConfig(prompted_objects=(3, 3), prompt_jitter=0.0)
-    views = [render_prompted(np.random.default_rng(5), images, pool, 2, cfg)[0] for _ in range(2)]
+    views = [
+        render_prompted(np.random.default_rng(5), images, pool, 2, cfg)[0][0] for _ in range(2)
+    ]
     assert views[0].size == cfg.scene_size
     assert np.array_equal(np.asarray(views[0]), np.asarray(views[1]))  # same seed, same view
     # the red box is drawn: far more pure-red pixels than the red circle's outline-free fill
     blank = ViewConfig(
         prompted_objects=(3, 3), prompt_jitter=0.0, prompt=PromptStyle("box", "blue")
     )
-    unmarked = render_prompted(np.random.default_rng(5), images, pool, 2, blank)[0]
+    unmarked = render_prompted(np.random.default_rng(5), images, pool, 2, blank)[0][0]
     assert red_pixels(views[0]) > red_pixels(unmarked) + 50
 
 
 def test_paired_prompted_views_differ_only_by_the_box(kb: pd.DataFrame, kb_root: Path) -> None:
     images = EntityImages.from_kb(kb, kb_root)
     cfg = ViewConfig(prompted_objects=(2, 4), prompt_jitter=0.0)
-    first, second = render_prompted(np.random.default_rng(3), images, np.arange(len(kb)), 1, cfg, 4)
+    (first, second), _ = render_prompted(
+        np.random.default_rng(3), images, np.arange(len(kb)), 1, cfg, 4
+    )
     a, b = np.asarray(first).astype(int), np.asarray(second).astype(int)
     assert a.shape == b.shape and not np.array_equal(a, b)
     # one scene: outside both boxes' red outlines every pixel is the same
@@ -152,8 +158,10 @@ def test_training_reports_prompt_following(trained) -> None:
     following = trained.metrics["prompt_following"]
     for run in ("trained", "random_init"):
         assert following[run]["scenes"] == 12
-        for key in ("prompted_top1", "unprompted_top1", "moved_follows", "moved_changes"):
+        for key in ("prompted_top1", "unprompted_top1", "moved_follows", "moved_changes",
+                    "in_scene_prompted", "in_scene_unprompted", "in_scene_moved"):  # fmt: skip
             assert 0.0 <= following[run][key] <= 1.0
+        assert 0.2 <= following[run]["in_scene_chance"] <= 0.5  # 2-5 objects
 
 
 def test_prompt_following_counts_against_the_names(trained, kb, kb_root) -> None:
@@ -165,6 +173,25 @@ def test_prompt_following_counts_against_the_names(trained, kb, kb_root) -> None
     assert out["moved_follows"] == round(
         float((top == torch.tensor(probe.other)).float().mean()), 4
     )
+    # in-scene: the pick among the scene's own names only
+    image = trained.model.encode_images(probe.prompted)
+    picks = [
+        objects[int((image[i] @ text[objects].T).argmax())] == probe.target[i]
+        for i, objects in enumerate(probe.objects)
+    ]
+    assert out["in_scene_prompted"] == round(sum(picks) / len(picks), 4)
+    assert all(probe.target[i] in o and probe.other[i] in o for i, o in enumerate(probe.objects))
+
+
+def test_prompt_phase_continues_training_on_prompted_scenes(kb, kb_root) -> None:
+    base = _steps(2, 5)
+    phased = replace(base, prompt_phase=PromptPhase(steps=2, prompted_rate=1.0))
+    one = train_encoder(kb, kb_root, TINY, base, progress=False, log=lambda _: None)
+    two = train_encoder(kb, kb_root, TINY, phased, progress=False, log=lambda _: None)
+    assert two.losses[:2] == one.losses  # the first phase is the plain run
+    assert len(two.losses) == 4 and two.metrics["prompt_phase_steps"] == 2
+    a, b = one.model.state_dict(), two.model.state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_same_seed_gives_identical_weights(kb: pd.DataFrame, kb_root: Path) -> None:
@@ -198,6 +225,49 @@ def test_contrastive_loss_does_not_use_duplicates_as_negatives() -> None:
     assert torch.allclose(contrastive_loss(images, texts, scale, ids), expected, atol=1e-6)
     unmasked = contrastive_loss(images, texts, scale)
     assert not torch.allclose(unmasked, expected, atol=1e-4)
+
+
+def test_scene_loss_ranks_the_boxed_name_among_its_own_scene() -> None:
+    torch.manual_seed(1)
+    image, target = torch.randn(2, 8), torch.randn(2, 8)
+    mates = torch.randn(2, 3, 8)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    scale = torch.tensor(0.0)
+    # reference: row r's softmax over its target and its real mates only
+    img = F.normalize(image, dim=-1)
+    expected = []
+    for r, n in enumerate((2, 1)):
+        cands = F.normalize(torch.cat([target[r : r + 1], mates[r, :n]]), dim=-1)
+        expected.append(-torch.log_softmax(cands @ img[r], 0)[0])
+    got = scene_loss(image, target, mates, mask, scale)
+    assert torch.allclose(got, torch.stack(expected).mean(), atol=1e-6)
+    # an image that is its boxed entity's text scores lower than one that is a mate's
+    right = scene_loss(target, target, mates, mask, torch.tensor(3.0))
+    wrong = scene_loss(mates[:, 0], target, mates, mask, torch.tensor(3.0))
+    assert right < wrong
+
+
+def test_sampler_names_the_other_objects_of_each_prompted_scene(
+    kb: pd.DataFrame, kb_root: Path
+) -> None:
+    images = EntityImages.from_kb(kb, kb_root)
+    cfg = ViewConfig(prompted_rate=0.5, prompted_objects=(2, 4))
+    sampler = ViewSampler(images, cfg, 0, 4)
+    entities, views, _, mates = sampler.batch(8)
+    assert len(views) == len(mates) == len(entities)
+    prompted = [k for k, m in enumerate(mates) if m]
+    assert prompted and len(prompted) < len(entities)  # some scenes, some crops
+    for k in prompted:
+        assert entities[k] not in mates[k] and 1 <= len(mates[k]) <= 3
+        assert views[k].size == cfg.scene_size  # a whole scene, not a crop
+    # the mates ride along without changing the draws: same views as `views()` gives
+    again = ViewSampler(images, cfg, 0, 4)
+    first = again._next_entities(len(entities))
+    assert first == entities
+    redo = again.views(first)
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(views, redo, strict=True)
+    )
 
 
 def test_cutout_removes_the_white_background_only() -> None:

@@ -117,7 +117,7 @@ class PretrainingCorpus(Sequence[dict[str, Any]]):
         kind = KINDS[int(self.kinds[index])]
         views = self.cfg.views
         if kind == "region":
-            image = render_prompted(rng, self.images, self.pool, subject, views)[0]
+            image = render_prompted(rng, self.images, self.pool, subject, views)[0][0]
             text = _fill(REGION_TEXTS[int(rng.integers(len(REGION_TEXTS)))], self.kb, subject)
         elif kind == "scene":
             n = int(rng.integers(views.prompted_objects[0], views.prompted_objects[1] + 1))
