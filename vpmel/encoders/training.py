@@ -542,9 +542,12 @@ class PromptProbe:
     objects: list[list[int]]  # every object of the scene (KB indices, draw order)
 
 
-def prompt_probe(images: EntityImages, cfg: TrainConfig, scenes: int) -> PromptProbe:
-    """``scenes`` fresh scenes (from ``eval_seed``, never used in training or in VPWiki)."""
-    rng = np.random.default_rng([cfg.eval_seed, 11])
+def prompt_probe(
+    images: EntityImages, cfg: TrainConfig, scenes: int, stream: int = 11
+) -> PromptProbe:
+    """``scenes`` fresh scenes (from ``eval_seed`` and ``stream``, never used in training or
+    in VPWiki; `benchmarks/prompt_reading.py` draws its own stream)."""
+    rng = np.random.default_rng([cfg.eval_seed, stream])
     pool = np.flatnonzero(images.has_image())
     views = cfg.views
     out: dict[str, list] = {k: [] for k in PromptProbe.__dataclass_fields__}
