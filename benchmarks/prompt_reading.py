@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-import vpmel.encoders.training as training
 from vpmel.data.schema import read_kb
 from vpmel.encoders.model import ImageTextEncoder, demo_config
 from vpmel.encoders.training import (
@@ -77,11 +76,11 @@ def main() -> None:
             probe_scenes=0,
             views=views,
         )
-        if args.init is not None:  # a prompt phase: start from that encoder's weights
-            training.demo_encoder = lambda _: ImageTextEncoder.load(args.init)
+        # with --init, a prompt phase alone: continue from that encoder's weights
+        init = ImageTextEncoder.load(args.init) if args.init is not None else None
         model_cfg = demo_config(load_params("encoders", args.params).get("model"))
         start = time.perf_counter()
-        result = train_encoder(kb, args.dataset, model_cfg, cfg, progress=True)
+        result = train_encoder(kb, args.dataset, model_cfg, cfg, progress=True, init=init)
         encoder = result.model.eval()
         report |= {
             "trained": {

@@ -7,6 +7,7 @@ tokenizer and image processor built here.
 
 from __future__ import annotations
 
+import copy
 import json
 import string
 from dataclasses import replace
@@ -192,6 +193,15 @@ def test_prompt_phase_continues_training_on_prompted_scenes(kb, kb_root) -> None
     assert len(two.losses) == 4 and two.metrics["prompt_phase_steps"] == 2
     a, b = one.model.state_dict(), two.model.state_dict()
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_can_continue_from_a_given_encoder(trained, kb, kb_root) -> None:
+    start = copy.deepcopy(trained.model)
+    again = train_encoder(kb, kb_root, TINY, _steps(1), progress=False, log=lambda _: None,
+                          init=start)  # fmt: skip
+    assert again.model is start  # trained further in place, not rebuilt from the config
+    # its "random_init" figures are the given encoder's, not a fresh model's
+    assert again.metrics["retrieval"]["random_init"] == trained.metrics["retrieval"]["trained"]
 
 
 def test_same_seed_gives_identical_weights(kb: pd.DataFrame, kb_root: Path) -> None:

@@ -658,10 +658,14 @@ def train_encoder(
     cfg: TrainConfig,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    init: ImageTextEncoder | None = None,
 ) -> TrainResult:
-    """Train a fresh demo encoder on the KB at ``root``; evaluate it and its random init."""
+    """Train a fresh demo encoder on the KB at ``root``; evaluate it and its random init.
+    With ``init``, train that encoder further instead (``model_cfg`` is then unused; the
+    ``random_init`` figures are ``init``'s): how `benchmarks/prompt_reading.py` runs a prompt
+    phase alone on a trained encoder."""
     torch.manual_seed(cfg.seed)
-    model = demo_encoder(model_cfg).to(cfg.device)
+    model = (init if init is not None else demo_encoder(model_cfg)).to(cfg.device)
     texts = entity_texts(kb)
     names = [row[0] for row in texts]
     images = EntityImages.from_kb(kb, root)
