@@ -32,6 +32,7 @@ from vpmel.data.schema import read_kb
 from vpmel.encoders.model import ImageTextEncoder, demo_config
 from vpmel.encoders.training import (
     EntityImages,
+    PromptPhase,
     TrainConfig,
     ViewConfig,
     prompt_following,
@@ -66,19 +67,22 @@ def main() -> None:
     kb = read_kb(args.dataset)
     report: dict = {"prompt": prompt}
     if args.train_steps:
+        encoders = load_params("encoders", args.params)
+        train = encoders.get("train") or {}
         views = replace(
             views, prompted_rate=args.prompted_rate, scene_negatives=args.scene_negatives
         )
         cfg = TrainConfig(
             steps=args.train_steps,
             lr=args.lr,
-            warmup_steps=50 if args.init else 100,
+            # a prompt phase warms up as the stage's does; from scratch as the params' phase 1
+            warmup_steps=PromptPhase().warmup_steps if args.init else int(train["warmup_steps"]),
             probe_scenes=0,
             views=views,
         )
         # with --init, a prompt phase alone: continue from that encoder's weights
         init = ImageTextEncoder.load(args.init) if args.init is not None else None
-        model_cfg = demo_config(load_params("encoders", args.params).get("model"))
+        model_cfg = demo_config(encoders.get("model"))
         start = time.perf_counter()
         result = train_encoder(kb, args.dataset, model_cfg, cfg, progress=True, init=init)
         encoder = result.model.eval()

@@ -60,6 +60,8 @@ def stage_timer(stage: str, folder: Path = TIMINGS_DIR) -> Iterator[dict[str, An
     record: dict[str, Any] = {}
     yield record
     work = time.perf_counter() - tic
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     out = {
         "stage": stage,
         "wall_s": round(before + work, 1),
@@ -67,8 +69,6 @@ def stage_timer(stage: str, folder: Path = TIMINGS_DIR) -> Iterator[dict[str, An
         "cores": cores(),
         **record,
     }
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
     text = json.dumps(out, indent=1) + "\n"
     atomic_file(Path(folder) / f"{stage}.json", lambda tmp: Path(tmp).write_text(text))
 

@@ -693,10 +693,8 @@ def train_encoder(
     losses: list[float] = []
     wait = [0.0]  # seconds the loop waited for rendered batches
     start = time.perf_counter()
-    pool_size = 0
     for phase_cfg, seed, label in phases:
         sampler = ViewSampler(images, phase_cfg.views, seed, cfg.background_bank)
-        pool_size = len(sampler.pool)
         if not _train_phase(model, bank, sampler, phase_cfg, label, progress, losses, wait, log):
             break
     train_s = time.perf_counter() - start
@@ -706,7 +704,7 @@ def train_encoder(
     probe_trained = prompt_following(model, probe, names) if probe else None
     if probe_trained:
         log(f"encoders: trained prompt following {probe_trained}")
-    n_images = len(losses) * min(cfg.batch_size, pool_size)
+    n_images = len(losses) * min(cfg.batch_size, int(images.has_image().sum()))
     metrics = {
         "steps": len(losses),
         "prompt_phase_steps": max(0, len(losses) - cfg.steps),
