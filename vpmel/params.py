@@ -22,8 +22,9 @@ import yaml
 PARAMS_FILE = Path("params.yaml")
 DEMO_PROFILE = "demo"
 PAPER_PROFILE = "paper"
-#: what a scale profile may set: IIER's loss weight, the towers, IIER's training
-PROFILE_SECTIONS = ("lambda", "encoders", "train")
+#: what a scale profile may set: IIER's loss weight, the towers, IIER's training, the prompt
+#: (the demo draws a thicker box than the paper's images need)
+PROFILE_SECTIONS = ("lambda", "encoders", "train", "prompt")
 
 
 class Yaml12Loader(yaml.SafeLoader):
