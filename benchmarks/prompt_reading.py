@@ -11,10 +11,12 @@ the box from recognising a small object among 1,200 names.
 
 With ``--train-steps N`` it first trains (the README's pilots): from scratch with the
 params' encoder architecture, or with ``--init FOLDER`` as a prompt phase continuing from
-that encoder, e.g. the 1,500-step pilot:
+that encoder. The pilots continued from the phase-1 encoder, the one committed before the
+prompt phase was (commit 3a39ccc); the 1,500-step pilot:
 
+    git worktree add /tmp/phase1 3a39ccc
     PYTHONPATH=. .venv/bin/python benchmarks/prompt_reading.py --thickness 3 \\
-        --train-steps 1500 --init models/encoder --lr 5e-4 --prompted-rate 0.6 \\
+        --train-steps 1500 --init /tmp/phase1/models/encoder --lr 5e-4 --prompted-rate 0.6 \\
         --scene-negatives 1
 """
 

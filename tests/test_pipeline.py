@@ -181,6 +181,7 @@ def test_dvc_repro_runs_the_whole_pipeline(repo_copy: tuple[Path, dict[str, str]
     assert "IIER (full)" in report and "not run" not in report and "n/a" not in report
     assert "| method | name in caption: H@1 |" in report
     assert "Every comparison with its uncertainty" in report and "McNemar" in report
+    assert "What each part adds" in report and "the visual prompt" in report
     assert "dev is the selection metric" in report
 
     # metrics hold quality only; every stage's wall time is in reports/timings

@@ -89,6 +89,35 @@ def comparison_table(ranks: Mapping[str, pd.DataFrame], reference: str) -> str:
     return markdown_table(header, rows)
 
 
+def pair_table(
+    ranks: Mapping[str, pd.DataFrame],
+    pairs: Sequence[tuple[str, str, str]],
+    subsets: Mapping[str, pd.Index],
+) -> str:
+    """One row per (question, method a, method b) and mention subset: a − b as the paired
+    bootstrap 95% CI of ΔH@1, ΔH@20 and ΔMRR over the subset's mentions both ranked, and
+    McNemar's exact p on H@1. Pairs whose methods did not run are left out."""
+    header = ["question", "a − b", "mentions", "n", "ΔH@1 [95% CI]", "ΔH@20 [95% CI]",
+              "ΔMRR [95% CI]", "McNemar p (H@1)", "verdict (MRR)"]  # fmt: skip
+    rows = []
+    for question, a_name, b_name in pairs:
+        if a_name not in ranks or b_name not in ranks:
+            continue
+        both = ranks[a_name].index.intersection(ranks[b_name].index)
+        for subset, ids in subsets.items():
+            ids = both.intersection(ids)
+            if not len(ids):
+                continue
+            a = ranks[a_name].loc[ids].to_numpy(dtype=float).T
+            b = ranks[b_name].loc[ids].to_numpy(dtype=float).T
+            d1, d20, dm = (paired_bootstrap(a, b, m) for m in ("H@1", "H@20", "MRR"))
+            verdict = "no difference" if not dm.significant else ("a higher" if dm.delta > 0
+                                                                  else "a lower")  # fmt: skip
+            rows.append([question, f"{a_name} − {b_name}", subset, len(ids), str(d1),
+                         str(d20), str(dm), f"{mcnemar_exact(a, b)[2]:.3g}", verdict])  # fmt: skip
+    return markdown_table(header, rows)
+
+
 def _pm(summary: tuple[float, float], seeds: int) -> str:
     mean, sd = summary
     return f"{mean:.1f} ± {sd:.1f}" if seeds > 1 else f"{mean:.1f}"
