@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vpmel.data.images import open_rgb
 from vpmel.data.subsets import LABELS, SUBSETS, subset_key
-from vpmel.iier.stats import mcnemar_exact, paired_bootstrap, seed_summary
+from vpmel.iier.stats import Difference, mcnemar_exact, paired_bootstrap, seed_summary
 from vpmel.metrics import KS
 
 matplotlib.use("Agg")
@@ -71,8 +71,7 @@ def comparison_table(ranks: Mapping[str, pd.DataFrame], reference: str) -> str:
     rows = []
     for name, table in ranks.items():
         ids = ref.index.intersection(table.index)
-        a = table.loc[ids].to_numpy(dtype=float).T  # [seeds, n]
-        b = ref.loc[ids].to_numpy(dtype=float).T
+        a, b = _aligned(table, ref, ids)
         h1 = seed_summary([100.0 * float((r <= 1).mean()) for r in a])
         mrr = seed_summary([100.0 * float((1.0 / r).mean()) for r in a])
         row: list[object] = [name, len(a), len(ids), _pm(h1, len(a)), _pm(mrr, len(a))]
@@ -81,10 +80,7 @@ def comparison_table(ranks: Mapping[str, pd.DataFrame], reference: str) -> str:
         else:
             d1, dm = paired_bootstrap(a, b, "H@1"), paired_bootstrap(a, b, "MRR")
             _, _, p = mcnemar_exact(a, b)
-            verdict = (
-                "no difference" if not d1.significant else ("higher" if d1.delta > 0 else "lower")
-            )
-            row += [str(d1), str(dm), f"{p:.3g}", verdict]
+            row += [str(d1), str(dm), f"{p:.3g}", _verdict(d1, "higher", "lower")]
         rows.append(row)
     return markdown_table(header, rows)
 
@@ -108,14 +104,22 @@ def pair_table(
             ids = both.intersection(ids)
             if not len(ids):
                 continue
-            a = ranks[a_name].loc[ids].to_numpy(dtype=float).T
-            b = ranks[b_name].loc[ids].to_numpy(dtype=float).T
+            a, b = _aligned(ranks[a_name], ranks[b_name], ids)
             d1, d20, dm = (paired_bootstrap(a, b, m) for m in ("H@1", "H@20", "MRR"))
-            verdict = "no difference" if not dm.significant else ("a higher" if dm.delta > 0
-                                                                  else "a lower")  # fmt: skip
-            rows.append([question, f"{a_name} − {b_name}", subset, len(ids), str(d1),
-                         str(d20), str(dm), f"{mcnemar_exact(a, b)[2]:.3g}", verdict])  # fmt: skip
+            rows.append([question, f"{a_name} − {b_name}", subset, len(ids), str(d1), str(d20),
+                         str(dm), f"{mcnemar_exact(a, b)[2]:.3g}",
+                         _verdict(dm, "a higher", "a lower")])  # fmt: skip
     return markdown_table(header, rows)
+
+
+def _aligned(a: pd.DataFrame, b: pd.DataFrame, ids: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Two methods' gold ranks [seeds, n] on the mentions ``ids``, in that order."""
+    return a.loc[ids].to_numpy(dtype=float).T, b.loc[ids].to_numpy(dtype=float).T
+
+
+def _verdict(diff: Difference, higher: str, lower: str) -> str:
+    """The verdict: "no difference" when the CI contains 0, else the side the Δ is on."""
+    return "no difference" if not diff.significant else (higher if diff.delta > 0 else lower)
 
 
 def _pm(summary: tuple[float, float], seeds: int) -> str:
