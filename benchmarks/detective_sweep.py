@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from vpmel.data.subsets import name_in_text
 from vpmel.detective.answers import answer_forms, exact_match, model_answer_fn, parsed_rows
 from vpmel.detective.model import instruction_records, load_pretrained, usable
 from vpmel.detective.training import TuneConfig, tune
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vpwiki", type=Path, default=Path("data/vpwiki"))
     p.add_argument("--base", type=Path, default=Path("models/detective_base"))
     p.add_argument("--params", type=Path, default=PARAMS_FILE)
+    p.add_argument("--answers", type=Path, default=None, help="each setting's dev answers")
     args = p.parse_args(argv)
 
     params = load_params("detective", args.params)
@@ -69,6 +71,16 @@ def main(argv: list[str] | None = None) -> None:
             tuned.eval(), processor, args.vpwiki, fmt, cross["batch_size"], cross["max_new_tokens"]
         )
         rows = parsed_rows(list(dev["id"]), answer(dev))
+        # does it read the caption? answers whose name is a phrase of the caption
+        in_caption = [
+            isinstance(n, str) and bool(n) and name_in_text(s, n)
+            for n, s in zip(rows["name"], dev["sentence"], strict=True)
+        ]
+        if args.answers is not None:
+            args.answers.mkdir(parents=True, exist_ok=True)
+            rows.assign(sentence=list(dev["sentence"])).to_parquet(
+                args.answers / f"dev_{lr:g}_{epochs}_{cfg.prompt_loss_weight:g}.parquet"
+            )
         print(
             json.dumps(
                 {
@@ -77,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
                     "prompt_loss_weight": cfg.prompt_loss_weight,
                     "dev": exact_match(rows, mentions, ("dev",))["dev"],
                     "forms": answer_forms(rows),
+                    "answer_in_caption": round(sum(in_caption) / max(len(rows), 1), 4),
                     "tune_s": round(tune_s, 1),
                 }
             ),

@@ -31,8 +31,11 @@ from vpmel.data.schema import read_kb
 from vpmel.detective.model import DEMO, build_demo_tokenizer, build_demo_vlm, demo_vlm_config
 from vpmel.detective.model import image_token as processor_image_token
 from vpmel.detective.pretraining import (
+    KINDS,
     PretrainConfig,
     PretrainingCorpus,
+    caption_collisions,
+    captioned_naming,
     corpus_vocabulary,
     region_naming,
 )
@@ -75,9 +78,11 @@ def main(
         torch.manual_seed(cfg.seed)
         model, processor = build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder_dir)
         token = processor_image_token(processor)
-        corpus = PretrainingCorpus(kb, images, cfg.corpus(views), token)
+        corpus = PretrainingCorpus(kb, images, cfg.corpus(views, world), token)
         heldout = PretrainingCorpus(kb, images, cfg.heldout_corpus(views), token)
+        captioned = PretrainingCorpus(kb, images, cfg.heldout_captioned(views, world), token)
         before = region_naming(model, processor, heldout, cfg.max_new_tokens)
+        captioned_before = captioned_naming(model, processor, captioned, cfg.max_new_tokens)
         console.print(
             f"detective_base: pretraining on {len(corpus)} synthetic examples "
             f"({cfg.epochs} epochs, vocabulary {len(tokenizer)}, "
@@ -95,6 +100,7 @@ def main(
         )
         model, result = tune(model, processor, corpus, tune_cfg)
         after = region_naming(model, processor, heldout, cfg.max_new_tokens)
+        captioned_after = captioned_naming(model, processor, captioned, cfg.max_new_tokens)
         with staged_folder(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             processor.save_pretrained(tmp)
@@ -107,14 +113,21 @@ def main(
             "vocabulary": len(tokenizer),
             "trainable_params": result.trainable_params,
             "train_loss": result.train_loss,
+            "kinds": {k: int((corpus.kinds == i).sum()) for i, k in enumerate(KINDS)},
+            "captions_equal_to_the_worlds": caption_collisions(corpus),
             "heldout_region_naming": {"pretrained": after, "random_init": before},
+            "heldout_captioned_naming": {
+                "pretrained": captioned_after,
+                "random_init": captioned_before,
+            },
         }
         reports.mkdir(parents=True, exist_ok=True)
         (reports / "detective_base.json").write_text(json.dumps(stats, indent=1) + "\n")
         console.print(
             f"detective_base: {result.seconds:.0f} s, loss {result.train_loss}; names the marked "
             f"entity of fresh scenes {after['names_marked_entity']:.1%} "
-            f"(random init {before['names_marked_entity']:.1%}) -> {out}"
+            f"(random init {before['names_marked_entity']:.1%}), with a caption "
+            f"{captioned_after['names_marked_entity']:.1%} -> {out}"
         )
 
 

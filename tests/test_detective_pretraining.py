@@ -32,11 +32,15 @@ from vpmel.detective.pretraining import (
     VIEW_TEXTS,
     CorpusConfig,
     PretrainingCorpus,
+    caption_collisions,
     corpus_vocabulary,
     names_region,
 )
 from vpmel.encoders.model import demo_encoder
 from vpmel.encoders.training import EntityImages
+from vpmel.world.generate import WorldConfig, plan_world
+
+WORLD = WorldConfig(n_scenes=60)  # the world whose captions the captioned kind never writes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,7 +53,8 @@ def kb(kb_root: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def corpus(kb: pd.DataFrame, kb_root: Path) -> PretrainingCorpus:
     images = EntityImages.from_kb(kb, kb_root)
-    return PretrainingCorpus(kb, images, CorpusConfig(seed=0, examples=60), "<image>")
+    cfg = CorpusConfig(seed=0, examples=60, kind_rates=(0.4, 0.1, 0.2, 0.3), world=WORLD)
+    return PretrainingCorpus(kb, images, cfg, "<image>")
 
 
 def _template_pattern(template: str) -> re.Pattern[str]:
@@ -62,7 +67,8 @@ def test_corpus_is_seeded_and_rendered_on_demand(corpus: PretrainingCorpus) -> N
     again = PretrainingCorpus(corpus.kb, corpus.images, corpus.cfg, "<image>").example(7)
     assert (kind, text, subject) == again[:1] + again[2:]
     assert image.tobytes() == again[1].tobytes()
-    other = PretrainingCorpus(corpus.kb, corpus.images, CorpusConfig(seed=1, examples=60), "x")
+    other_cfg = CorpusConfig(1, 60, corpus.cfg.kind_rates, world=WORLD)
+    other = PretrainingCorpus(corpus.kb, corpus.images, other_cfg, "x")
     assert [other.example(i)[2] for i in range(20)] != [corpus.example(i)[2] for i in range(20)]
     assert corpus[7] == {"image": corpus[7]["image"], "prompt": "<image>", "answer": text}
     with pytest.raises(IndexError):
@@ -74,6 +80,8 @@ def test_texts_are_the_templates_never_the_instruction(corpus: PretrainingCorpus
         "region": [_template_pattern(t) for t in REGION_TEXTS],
         "scene": [_template_pattern(t) for t in SCENE_TEXTS],
         "view": [_template_pattern(t) for t in VIEW_TEXTS],
+        # the world generator's caption (or none), then a region sentence
+        "captioned": [re.compile(r"(?:.+ )?" + _template_pattern(t).pattern) for t in REGION_TEXTS],
     }
     kinds: Counter[str] = Counter()
     for i in range(len(corpus)):
@@ -82,13 +90,59 @@ def test_texts_are_the_templates_never_the_instruction(corpus: PretrainingCorpus
         assert any(p.fullmatch(text) for p in patterns[kind]), (kind, text)
         assert not re.search(r"\b(?:Background|Text|Question|Answer)\s*:", text)
         assert str(corpus.kb.at[subject, "name"]) in text
-        if kind == "region":  # the marker is drawn (pure red, as the `prompt` params say)
+        if kind in ("region", "captioned"):  # the marker is drawn (pure red, as `prompt` says)
             red = np.all(np.asarray(image) == (255, 0, 0), axis=-1).sum()
             assert red > 20, f"example {i}: no red box"
     assert set(kinds) == set(KINDS)
     # every entity is the subject equally often
     counts = Counter(corpus.subjects[: len(corpus)].tolist())
     assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_captioned_kind_is_a_world_caption_then_the_marked_name(
+    corpus: PretrainingCorpus,
+) -> None:
+    """Scenes and captions from the world generator at another seed: the caption is about
+    the scene shown, names the marked object where the plan says so, and is never one of the
+    world's own captions."""
+    world_captions = {r.caption for r in plan_world(WORLD).records}
+    assert corpus.captioned is not None and corpus.captioned.forbidden == world_captions
+    assert corpus.captioned.world.seed != WORLD.seed
+    at = [i for i in range(len(corpus)) if corpus.example(i)[0] == "captioned"]
+    named = 0
+    for i in at:
+        image, caption, region, subject, is_named = corpus.captioned_parts(i)
+        name = str(corpus.kb.at[subject, "name"])
+        assert caption not in world_captions and name in region
+        assert corpus.example(i)[2] == " ".join(f"{caption} {region}".split())
+        if is_named and caption:
+            named += 1
+            assert name.lower() in caption.lower() or corpus.captioned.entities[
+                subject
+            ].alias.lower() in caption.lower(), (caption, name)
+        record = corpus.captioned.record(i, subject)
+        assert {corpus.captioned.index_of[o.qid] for o in record.objects} >= {subject}
+    assert at and named, (len(at), named)
+
+
+def test_a_caption_equal_to_the_worlds_is_never_written(corpus: PretrainingCorpus) -> None:
+    at = next(i for i in range(len(corpus)) if corpus.example(i)[0] == "captioned")
+    caption = corpus.captioned_parts(at)[1]
+    assert caption
+    clone = PretrainingCorpus(corpus.kb, corpus.images, corpus.cfg, "<image>")
+    assert clone.captioned is not None and caption_collisions(clone) == 0
+    clone.captioned.forbidden = frozenset({caption})
+    _, again, region, _, _ = clone.captioned_parts(at)
+    assert again == "" and clone.example(at)[2] == region
+    assert caption_collisions(clone) >= 1
+
+
+def test_corpus_config_reads_three_shares_and_needs_the_world_for_captions() -> None:
+    assert CorpusConfig(0, 10, (0.6, 0.1, 0.3)).kind_rates == (0.6, 0.1, 0.3, 0.0)
+    with pytest.raises(ValueError, match="world"):
+        CorpusConfig(0, 10, (0.5, 0.0, 0.0, 0.5))
+    with pytest.raises(ValueError):
+        CorpusConfig(0, 10, (0.5, 0.5))
 
 
 def test_vocabulary_covers_names_templates_and_instruction(kb: pd.DataFrame) -> None:
@@ -118,8 +172,15 @@ def test_stage_pretrains_a_loadable_base_and_reports(kb_root: Path, tmp_path: Pa
             "model": "demo",
             "threads": 1,
             "demo": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
-            "pretrain": {"examples": 48, "epochs": 2, "batch_size": 8, "heldout": 6},
+            "pretrain": {
+                "examples": 48,
+                "epochs": 2,
+                "batch_size": 8,
+                "heldout": 6,
+                "kind_rates": [0.4, 0.1, 0.2, 0.3],
+            },
         },
+        "world": {"n_scenes": 60},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     args = ["--dataset", str(kb_root), "--encoder-dir", str(encoder)]
@@ -131,6 +192,10 @@ def test_stage_pretrains_a_loadable_base_and_reports(kb_root: Path, tmp_path: Pa
     assert report["train_loss"][1] < report["train_loss"][0]
     naming = report["heldout_region_naming"]
     assert naming["pretrained"]["n"] == 6 and 0 <= naming["pretrained"]["names_marked_entity"] <= 1
+    captioned = report["heldout_captioned_naming"]["pretrained"]
+    split = captioned["caption_names_it"]["n"] + captioned["caption_does_not"]["n"]
+    assert captioned["n"] == 6 and split == 6
+    assert sum(report["kinds"].values()) == 48 and report["captions_equal_to_the_worlds"] >= 0
     assert json.loads((tmp_path / "reports/timings/detective_base.json").read_text())["wall_s"] > 0
     model, processor = load_pretrained(tmp_path / "base")
     assert type(model).__name__ == "LlavaForConditionalGeneration"

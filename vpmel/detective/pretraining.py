@@ -10,11 +10,21 @@ demo pretrains one here, once, on a synthetic "web corpus":
   alt-text-like sentence about the marked entity (``"the red box shows {name}, a {type}."``);
   as region-level data (RefCOCO-style, visual-prompt data) teaches real VLMs;
 * **scene** — such a scene without a marker and the list of what it shows;
-* **view** — one entity's crop or encyclopedia image with its name, type or description.
+* **view** — one entity's crop or encyclopedia image with its name, type or description;
+* **captioned** — a captioned photo with one object marked: a scene and caption planned by
+  the demo world's own generator (:func:`vpmel.world.generate.plan_record`) from a seed no
+  VPWiki world uses, the caption followed by a region sentence about the marked object
+  (``"{caption} the red box shows {name}, a {type}."``). Web alt-text next to a marked
+  photo, as visual-prompt data (ViP-LLaVA, Shikra) teaches real VLMs: the name is often
+  already in the caption, so the model learns to read a text and copy the phrase the marker
+  picks — what a VLM pretrained on language can do and a from-scratch LM cannot. A caption
+  that happens to equal one of the world's own captions is never used (the region sentence
+  alone is written instead; :attr:`PretrainingCorpus.collisions` counts them).
 
-Scenes come from their own seed stream (``[seed, 23, index]``), never from the world's
-records, and the texts are the templates below — never a VPWiki caption, mention or the
-instruction template (no ``Background: / Text: / Question: / Answer:``). What the base knows
+Scenes come from their own seed stream (``[seed, 23, index]``; captioned ones from the
+world seed plus :data:`CAPTIONED_SEED_OFFSET`), never from the world's records, and the
+texts are the templates below — never a VPWiki caption, mention or the instruction template
+(no ``Background: / Text: / Question: / Answer:``). What the base knows
 about the KB's entities is what a pretrained VLM knows about Wikipedia's.
 
 The model sees ``<image>`` and is trained to continue it with the text (language-modelling
@@ -26,7 +36,7 @@ the corpus needs no disk and the same seed gives the same corpus.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,14 +50,19 @@ from vpmel.encoders.training import (
     EntityImages,
     ViewConfig,
     _plain_view,
+    jittered,
     prompted_scene,
     render_prompted,
     render_view,
 )
 from vpmel.params import from_params
+from vpmel.prompts import draw_prompt
+from vpmel.scenes import compose_scene
+from vpmel.world.emoji import Emoji, load_catalogue
+from vpmel.world.generate import RecordPlan, WorldConfig, plan_record, plan_world
 
 IMAGE_PROMPT = "{image}"  # the model input: the image slots alone; the text follows
-KINDS = ("region", "scene", "view")
+KINDS = ("region", "scene", "view", "captioned")
 REGION_TEXTS = (
     "the red box shows {name}, a {type}.",
     "{name} in the red box.",
@@ -56,6 +71,7 @@ REGION_TEXTS = (
 )
 SCENE_TEXTS = ("a picture of {names}.", "{names} on a busy background.")
 VIEW_TEXTS = ("a photo of {name}, a {type}.", "{name}. {description}", "{name}.")
+CAPTIONED_SEED_OFFSET = 2_000_003  # captioned scenes: a world seed no VPWiki world uses
 
 
 @dataclass(frozen=True)
@@ -64,12 +80,19 @@ class CorpusConfig:
 
     seed: int = 0
     examples: int = 24000
-    kind_rates: tuple[float, float, float] = (0.6, 0.1, 0.3)  # region / scene / view
+    kind_rates: tuple[float, ...] = (0.6, 0.1, 0.3, 0.0)  # region / scene / view / captioned
     views: ViewConfig = field(default_factory=ViewConfig)
+    world: WorldConfig | None = None  # the captioned kind's generator (and its captions)
 
     def __post_init__(self) -> None:
-        if len(self.kind_rates) != len(KINDS) or abs(sum(self.kind_rates) - 1) > 1e-6:
-            raise ValueError(f"kind_rates must be {len(KINDS)} shares summing to 1")
+        rates = tuple(float(r) for r in self.kind_rates)
+        if len(rates) == len(KINDS) - 1:  # params written before the captioned kind
+            rates = (*rates, 0.0)
+        object.__setattr__(self, "kind_rates", rates)
+        if len(rates) != len(KINDS) or abs(sum(rates) - 1) > 1e-6:
+            raise ValueError(f"kind_rates must be {len(KINDS)} shares summing to 1 ({KINDS})")
+        if rates[KINDS.index("captioned")] > 0 and self.world is None:
+            raise ValueError("the captioned kind needs the world's config (the world params)")
         if self.examples < 1:
             raise ValueError("examples must be >= 1")
 
@@ -82,6 +105,35 @@ def _fill(template: str, kb: pd.DataFrame, index: int) -> str:
     row = kb.iloc[index]
     desc = row["description"] if isinstance(row["description"], str) else ""
     return " ".join(template.format(name=row["name"], type=row["type"], description=desc).split())
+
+
+class CaptionedScenes:
+    """The captioned kind's source: scenes and captions planned by the demo world's generator
+    over the KB's entities (those with an image), from the world seed plus
+    :data:`CAPTIONED_SEED_OFFSET` plus the corpus seed, every caption about the scene shown.
+    ``forbidden`` holds the world's own captions (``plan_world(world)``), never written."""
+
+    def __init__(self, kb: pd.DataFrame, pool: np.ndarray, world: WorldConfig, seed: int) -> None:
+        catalogue = {e.qid: e for e in load_catalogue()}
+        self.entities = [
+            catalogue.get(str(row.qid))
+            or Emoji(str(row.qid), (), str(row.name), str(row.name), "", "", "", str(row.type))
+            for row in kb.itertuples(index=False)
+        ]
+        self.index_of = {e.qid: i for i, e in enumerate(self.entities)}
+        self.candidates = [self.entities[int(i)] for i in pool]
+        self.by_subgroup: dict[str, list[Emoji]] = {}
+        for e in self.candidates:
+            self.by_subgroup.setdefault(e.subgroup, []).append(e)
+        offset = CAPTIONED_SEED_OFFSET + seed
+        self.world = replace(world, seed=world.seed + offset, unrelated_rate=0.0)
+        self.forbidden = frozenset(r.caption for r in plan_world(world).records)
+
+    def record(self, index: int, subject: int) -> RecordPlan:
+        """The planned pair whose first mention is KB entity ``subject``."""
+        return plan_record(
+            index, self.entities[subject], self.world, self.candidates, self.by_subgroup
+        )
 
 
 class PretrainingCorpus(Sequence[dict[str, Any]]):
@@ -104,9 +156,38 @@ class PretrainingCorpus(Sequence[dict[str, Any]]):
         reps = -(-cfg.examples // len(self.pool))
         self.subjects = np.concatenate([rng.permutation(self.pool) for _ in range(reps)])
         self.kinds = rng.choice(len(KINDS), size=cfg.examples, p=list(cfg.kind_rates))
+        self.captioned = (
+            CaptionedScenes(self.kb, self.pool, cfg.world, cfg.seed)
+            if cfg.world is not None and cfg.kind_rates[KINDS.index("captioned")] > 0
+            else None
+        )
 
     def __len__(self) -> int:
         return self.cfg.examples
+
+    def captioned_parts(self, index: int) -> tuple[Image.Image, str, str, int, bool]:
+        """Example ``index`` drawn as the captioned kind: (marked scene, caption — "" where
+        it equals one of the world's own captions —, region sentence, subject, whether the
+        caption names the subject)."""
+        if self.captioned is None:
+            raise ValueError("this corpus has no captioned kind (kind_rates, world)")
+        rng = np.random.default_rng([self.cfg.seed, 23, index])
+        subject = int(self.subjects[index])
+        record = self.captioned.record(index, subject)
+        mention = record.mentions[0]
+        assert mention.object is not None  # related pairs only (unrelated_rate 0)
+        squares = [o.square for o in record.objects]
+        glyphs = [
+            self.images.at(self.captioned.index_of[o.qid], max(o.square.size, 8))
+            for o in record.objects
+        ]
+        world = self.captioned.world
+        scene, boxes = compose_scene(rng, world.scene_width, world.scene_height, glyphs, squares)
+        box = jittered(rng, boxes[mention.object], self.cfg.views.prompt_jitter, scene.size)
+        image = draw_prompt(scene, box, self.cfg.views.prompt)
+        region = _fill(REGION_TEXTS[int(rng.integers(len(REGION_TEXTS)))], self.kb, subject)
+        caption = "" if record.caption in self.captioned.forbidden else record.caption
+        return image, caption, region, subject, mention.named
 
     def example(self, index: int) -> tuple[str, Image.Image, str, int]:
         """(kind, image, text, subject entity) of example ``index``."""
@@ -116,6 +197,9 @@ class PretrainingCorpus(Sequence[dict[str, Any]]):
         subject = int(self.subjects[index])
         kind = KINDS[int(self.kinds[index])]
         views = self.cfg.views
+        if kind == "captioned":
+            image, caption, region, _, _ = self.captioned_parts(index)
+            return kind, image, " ".join(f"{caption} {region}".split()), subject
         if kind == "region":
             image = render_prompted(rng, self.images, self.pool, subject, views)[0][0]
             text = _fill(REGION_TEXTS[int(rng.integers(len(REGION_TEXTS)))], self.kb, subject)
@@ -173,23 +257,27 @@ class PretrainConfig:
 
     seed: int = 0
     examples: int = 24000
-    kind_rates: tuple[float, float, float] = (0.6, 0.1, 0.3)
+    kind_rates: tuple[float, ...] = (0.6, 0.1, 0.3, 0.0)  # region / scene / view / captioned
     epochs: int = 2
     batch_size: int = 32
     lr: float = 3e-3
     warmup_ratio: float = 0.03
-    heldout: int = 300  # fresh region examples (another seed) for the naming check
+    heldout: int = 300  # fresh region (and captioned) examples, another seed: naming checks
     max_new_tokens: int = 14
 
     @classmethod
     def from_params(cls, params: dict[str, Any] | None) -> PretrainConfig:
         return from_params(cls, params, "detective.pretrain")
 
-    def corpus(self, views: ViewConfig) -> CorpusConfig:
-        return CorpusConfig(self.seed, self.examples, self.kind_rates, views)
+    def corpus(self, views: ViewConfig, world: WorldConfig | None = None) -> CorpusConfig:
+        return CorpusConfig(self.seed, self.examples, self.kind_rates, views, world)
 
     def heldout_corpus(self, views: ViewConfig) -> CorpusConfig:
-        return CorpusConfig(self.seed + 1_000_003, self.heldout, (1.0, 0.0, 0.0), views)
+        return CorpusConfig(self.seed + 1_000_003, self.heldout, (1.0, 0.0, 0.0, 0.0), views)
+
+    def heldout_captioned(self, views: ViewConfig, world: WorldConfig) -> CorpusConfig:
+        rates = (0.0, 0.0, 0.0, 1.0)
+        return CorpusConfig(self.seed + 1_000_003, self.heldout, rates, views, world)
 
 
 def region_naming(
@@ -208,3 +296,44 @@ def region_naming(
         "names_marked_entity": round(sum(hits) / max(len(hits), 1), 4),
         "samples": [{"entity": n, "text": t} for n, t in zip(names[:5], texts[:5], strict=True)],
     }
+
+
+def captioned_naming(
+    model: Any, processor: Any, corpus: PretrainingCorpus, max_new_tokens: int
+) -> dict[str, Any]:
+    """How often the base names the marked object of fresh captioned scenes when it is given
+    the image and the caption and writes on: overall, where the caption names the object
+    (read and copy the phrase the marker picks) and where it does not (the image alone)."""
+    parts = [corpus.captioned_parts(i) for i in range(len(corpus))]
+    prompts = [" ".join(f"{corpus.prompt} {p[1]}".split()) for p in parts]
+    texts = generate_texts(model, processor, prompts, [p[0] for p in parts], 50, max_new_tokens)
+    names = [str(corpus.kb.at[p[3], "name"]) for p in parts]
+    hits = np.array([names_region(t, n) for t, n in zip(texts, names, strict=True)])
+    named = np.array([p[4] and bool(p[1]) for p in parts], dtype=bool)
+
+    def share(mask: np.ndarray) -> float | None:
+        return round(float(hits[mask].mean()), 4) if mask.any() else None
+
+    return {
+        "n": len(parts),
+        "names_marked_entity": share(np.ones(len(parts), dtype=bool)),
+        "caption_names_it": {"n": int(named.sum()), "names_marked_entity": share(named)},
+        "caption_does_not": {"n": int((~named).sum()), "names_marked_entity": share(~named)},
+        "samples": [
+            {"caption": p[1], "entity": n, "text": t}
+            for p, n, t in zip(parts[:5], names[:5], texts[:5], strict=True)
+        ],
+    }
+
+
+def caption_collisions(corpus: PretrainingCorpus) -> int:
+    """Captioned examples of ``corpus`` whose caption equals one of the world's own (written
+    without it)."""
+    if corpus.captioned is None:
+        return 0
+    at = np.flatnonzero(corpus.kinds == KINDS.index("captioned"))
+    return sum(
+        corpus.captioned.record(int(i), int(corpus.subjects[i])).caption
+        in corpus.captioned.forbidden
+        for i in at
+    )
