@@ -117,9 +117,10 @@ def test_captioned_kind_is_a_world_caption_then_the_marked_name(
         assert corpus.example(i)[2] == " ".join(f"{caption} {region}".split())
         if is_named and caption:
             named += 1
-            assert name.lower() in caption.lower() or corpus.captioned.entities[
-                subject
-            ].alias.lower() in caption.lower(), (caption, name)
+            assert (
+                name.lower() in caption.lower()
+                or corpus.captioned.entities[subject].alias.lower() in caption.lower()
+            ), (caption, name)
         record = corpus.captioned.record(i, subject)
         assert {corpus.captioned.index_of[o.qid] for o in record.objects} >= {subject}
     assert at and named, (len(at), named)
