@@ -21,6 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 import typer
 from transformers.utils import logging as hf_logging
@@ -31,6 +32,7 @@ from vpmel.data.schema import read_kb
 from vpmel.detective.model import DEMO, build_demo_tokenizer, build_demo_vlm, demo_vlm_config
 from vpmel.detective.model import image_token as processor_image_token
 from vpmel.detective.pretraining import (
+    HELDOUT_SEED_OFFSET,
     KINDS,
     PretrainConfig,
     PretrainingCorpus,
@@ -44,6 +46,7 @@ from vpmel.encoders.training import EntityImages, ViewConfig
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.prompts import PromptStyle
 from vpmel.timings import stage_timer
+from vpmel.world.captioned import CaptionedScenes
 from vpmel.world.generate import WorldConfig, vocabulary_sentences
 
 
@@ -78,9 +81,18 @@ def main(
         torch.manual_seed(cfg.seed)
         model, processor = build_demo_vlm(demo_vlm_config(p.get("demo")), tokenizer, encoder_dir)
         token = processor_image_token(processor)
-        corpus = PretrainingCorpus(kb, images, cfg.corpus(views, world), token)
+        pool = np.flatnonzero(images.has_image())
+        corpus = PretrainingCorpus(
+            kb, images, cfg.corpus(views), token, CaptionedScenes(kb, pool, world, cfg.seed)
+        )
         heldout = PretrainingCorpus(kb, images, cfg.heldout_corpus(views), token)
-        captioned = PretrainingCorpus(kb, images, cfg.heldout_captioned(views, world), token)
+        captioned = PretrainingCorpus(
+            kb,
+            images,
+            cfg.heldout_captioned(views),
+            token,
+            CaptionedScenes(kb, pool, world, cfg.seed + HELDOUT_SEED_OFFSET),
+        )
         before = region_naming(model, processor, heldout, cfg.max_new_tokens)
         captioned_before = captioned_naming(model, processor, captioned, cfg.max_new_tokens)
         console.print(

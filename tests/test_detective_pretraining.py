@@ -38,6 +38,7 @@ from vpmel.detective.pretraining import (
 )
 from vpmel.encoders.model import demo_encoder
 from vpmel.encoders.training import EntityImages
+from vpmel.world.captioned import CaptionedScenes
 from vpmel.world.generate import WorldConfig, plan_world
 
 WORLD = WorldConfig(n_scenes=60)  # the world whose captions the captioned kind never writes
@@ -53,8 +54,12 @@ def kb(kb_root: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def corpus(kb: pd.DataFrame, kb_root: Path) -> PretrainingCorpus:
     images = EntityImages.from_kb(kb, kb_root)
-    cfg = CorpusConfig(seed=0, examples=60, kind_rates=(0.4, 0.1, 0.2, 0.3), world=WORLD)
-    return PretrainingCorpus(kb, images, cfg, "<image>")
+    cfg = CorpusConfig(seed=0, examples=60, kind_rates=(0.4, 0.1, 0.2, 0.3))
+    return PretrainingCorpus(kb, images, cfg, "<image>", _captions(kb, images, 0))
+
+
+def _captions(kb: pd.DataFrame, images: EntityImages, seed: int) -> CaptionedScenes:
+    return CaptionedScenes(kb, np.flatnonzero(images.has_image()), WORLD, seed)
 
 
 def _template_pattern(template: str) -> re.Pattern[str]:
@@ -64,11 +69,15 @@ def _template_pattern(template: str) -> re.Pattern[str]:
 
 def test_corpus_is_seeded_and_rendered_on_demand(corpus: PretrainingCorpus) -> None:
     kind, image, text, subject = corpus.example(7)
-    again = PretrainingCorpus(corpus.kb, corpus.images, corpus.cfg, "<image>").example(7)
+    again = PretrainingCorpus(
+        corpus.kb, corpus.images, corpus.cfg, "<image>", _captions(corpus.kb, corpus.images, 0)
+    ).example(7)
     assert (kind, text, subject) == again[:1] + again[2:]
     assert image.tobytes() == again[1].tobytes()
-    other_cfg = CorpusConfig(1, 60, corpus.cfg.kind_rates, world=WORLD)
-    other = PretrainingCorpus(corpus.kb, corpus.images, other_cfg, "x")
+    other_cfg = CorpusConfig(1, 60, corpus.cfg.kind_rates)
+    other = PretrainingCorpus(
+        corpus.kb, corpus.images, other_cfg, "x", _captions(corpus.kb, corpus.images, 1)
+    )
     assert [other.example(i)[2] for i in range(20)] != [corpus.example(i)[2] for i in range(20)]
     assert corpus[7] == {"image": corpus[7]["image"], "prompt": "<image>", "answer": text}
     with pytest.raises(IndexError):
@@ -107,6 +116,7 @@ def test_captioned_kind_is_a_world_caption_then_the_marked_name(
     world's own captions."""
     world_captions = {r.caption for r in plan_world(WORLD).records}
     assert corpus.captioned is not None and corpus.captioned.forbidden == world_captions
+    assert isinstance(corpus.captioned, CaptionedScenes)
     assert corpus.captioned.world.seed != WORLD.seed
     at = [i for i in range(len(corpus)) if corpus.example(i)[0] == "captioned"]
     named = 0
@@ -119,7 +129,7 @@ def test_captioned_kind_is_a_world_caption_then_the_marked_name(
             named += 1
             assert (
                 name.lower() in caption.lower()
-                or corpus.captioned.entities[subject].alias.lower() in caption.lower()
+                or str(corpus.captioned.entities[subject].alias).lower() in caption.lower()
             ), (caption, name)
         record = corpus.captioned.record(i, subject)
         assert {corpus.captioned.index_of[o.qid] for o in record.objects} >= {subject}
@@ -130,20 +140,25 @@ def test_a_caption_equal_to_the_worlds_is_never_written(corpus: PretrainingCorpu
     at = next(i for i in range(len(corpus)) if corpus.example(i)[0] == "captioned")
     caption = corpus.captioned_parts(at)[1]
     assert caption
-    clone = PretrainingCorpus(corpus.kb, corpus.images, corpus.cfg, "<image>")
+    captions = _captions(corpus.kb, corpus.images, 0)
+    clone = PretrainingCorpus(corpus.kb, corpus.images, corpus.cfg, "<image>", captions)
     assert clone.captioned is not None and caption_collisions(clone) == 0
-    clone.captioned.forbidden = frozenset({caption})
+    captions.forbidden = frozenset({caption})
     _, again, region, _, _ = clone.captioned_parts(at)
     assert again == "" and clone.example(at)[2] == region
     assert caption_collisions(clone) >= 1
 
 
-def test_corpus_config_reads_three_shares_and_needs_the_world_for_captions() -> None:
+def test_corpus_config_reads_three_shares_and_captions_need_a_source(
+    corpus: PretrainingCorpus,
+) -> None:
     assert CorpusConfig(0, 10, (0.6, 0.1, 0.3)).kind_rates == (0.6, 0.1, 0.3, 0.0)
-    with pytest.raises(ValueError, match="world"):
-        CorpusConfig(0, 10, (0.5, 0.0, 0.0, 0.5))
     with pytest.raises(ValueError):
         CorpusConfig(0, 10, (0.5, 0.5))
+    with pytest.raises(ValueError, match="caption source"):
+        PretrainingCorpus(corpus.kb, corpus.images, CorpusConfig(0, 10, (0.5, 0, 0, 0.5)), "x")
+    plain = PretrainingCorpus(corpus.kb, corpus.images, CorpusConfig(0, 10, (0.6, 0.1, 0.3)), "x")
+    assert plain.captioned is None and caption_collisions(plain) == 0
 
 
 def test_vocabulary_covers_names_templates_and_instruction(kb: pd.DataFrame) -> None:

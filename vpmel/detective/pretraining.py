@@ -12,19 +12,20 @@ demo pretrains one here, once, on a synthetic "web corpus":
 * **scene** — such a scene without a marker and the list of what it shows;
 * **view** — one entity's crop or encyclopedia image with its name, type or description;
 * **captioned** — a captioned photo with one object marked: a scene and caption planned by
-  the demo world's own generator (:func:`vpmel.world.generate.plan_record`) from a seed no
+  the demo world's own generator (:class:`vpmel.world.captioned.CaptionedScenes`, passed in by
+  the stage) from a seed no
   VPWiki world uses, the caption followed by a region sentence about the marked object
   (``"{caption} the red box shows {name}, a {type}."``). Web alt-text next to a marked
   photo, as visual-prompt data (ViP-LLaVA, Shikra) teaches real VLMs: the name is often
   already in the caption, so the model learns to read a text and copy the phrase the marker
   picks — what a VLM pretrained on language can do and a from-scratch LM cannot. A caption
   that happens to equal one of the world's own captions is never used (the region sentence
-  alone is written instead; :attr:`PretrainingCorpus.collisions` counts them).
+  alone is written instead; :func:`caption_collisions` counts them).
 
 Scenes come from their own seed stream (``[seed, 23, index]``; captioned ones from the
-world seed plus :data:`CAPTIONED_SEED_OFFSET`), never from the world's records, and the
-texts are the templates below — never a VPWiki caption, mention or the instruction template
-(no ``Background: / Text: / Question: / Answer:``). What the base knows
+world seed plus :data:`vpmel.world.captioned.CAPTIONED_SEED_OFFSET`), never from the
+world's records, and the texts are the templates below — never a VPWiki caption, mention or
+the instruction template (no ``Background: / Text: / Question: / Answer:``). What the base knows
 about the KB's entities is what a pretrained VLM knows about Wikipedia's.
 
 The model sees ``<image>`` and is trained to continue it with the text (language-modelling
@@ -35,9 +36,9 @@ the corpus needs no disk and the same seed gives the same corpus.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -58,8 +59,6 @@ from vpmel.encoders.training import (
 from vpmel.params import from_params
 from vpmel.prompts import draw_prompt
 from vpmel.scenes import compose_scene
-from vpmel.world.emoji import Emoji, load_catalogue
-from vpmel.world.generate import RecordPlan, WorldConfig, plan_record, plan_world
 
 IMAGE_PROMPT = "{image}"  # the model input: the image slots alone; the text follows
 KINDS = ("region", "scene", "view", "captioned")
@@ -71,7 +70,6 @@ REGION_TEXTS = (
 )
 SCENE_TEXTS = ("a picture of {names}.", "{names} on a busy background.")
 VIEW_TEXTS = ("a photo of {name}, a {type}.", "{name}. {description}", "{name}.")
-CAPTIONED_SEED_OFFSET = 2_000_003  # captioned scenes: a world seed no VPWiki world uses
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,6 @@ class CorpusConfig:
     examples: int = 24000
     kind_rates: tuple[float, ...] = (0.6, 0.1, 0.3, 0.0)  # region / scene / view / captioned
     views: ViewConfig = field(default_factory=ViewConfig)
-    world: WorldConfig | None = None  # the captioned kind's generator (and its captions)
 
     def __post_init__(self) -> None:
         rates = tuple(float(r) for r in self.kind_rates)
@@ -91,8 +88,6 @@ class CorpusConfig:
         object.__setattr__(self, "kind_rates", rates)
         if len(rates) != len(KINDS) or abs(sum(rates) - 1) > 1e-6:
             raise ValueError(f"kind_rates must be {len(KINDS)} shares summing to 1 ({KINDS})")
-        if rates[KINDS.index("captioned")] > 0 and self.world is None:
-            raise ValueError("the captioned kind needs the world's config (the world params)")
         if self.examples < 1:
             raise ValueError("examples must be >= 1")
 
@@ -107,33 +102,18 @@ def _fill(template: str, kb: pd.DataFrame, index: int) -> str:
     return " ".join(template.format(name=row["name"], type=row["type"], description=desc).split())
 
 
-class CaptionedScenes:
-    """The captioned kind's source: scenes and captions planned by the demo world's generator
-    over the KB's entities (those with an image), from the world seed plus
-    :data:`CAPTIONED_SEED_OFFSET` plus the corpus seed, every caption about the scene shown.
-    ``forbidden`` holds the world's own captions (``plan_world(world)``), never written."""
+class CaptionSource(Protocol):
+    """Where the captioned kind's scenes and captions come from (the demo:
+    :class:`vpmel.world.captioned.CaptionedScenes`, which the stage passes in; the library
+    never imports the demo world). ``record`` plans the pair whose first mention is KB entity
+    ``subject``: its ``caption``, ``objects`` (each with ``qid`` and ``square``) and
+    ``mentions[0]`` (``object``: the marked one's place in ``objects``; ``named``)."""
 
-    def __init__(self, kb: pd.DataFrame, pool: np.ndarray, world: WorldConfig, seed: int) -> None:
-        catalogue = {e.qid: e for e in load_catalogue()}
-        self.entities = [
-            catalogue.get(str(row.qid))
-            or Emoji(str(row.qid), (), str(row.name), str(row.name), "", "", "", str(row.type))
-            for row in kb.itertuples(index=False)
-        ]
-        self.index_of = {e.qid: i for i, e in enumerate(self.entities)}
-        self.candidates = [self.entities[int(i)] for i in pool]
-        self.by_subgroup: dict[str, list[Emoji]] = {}
-        for e in self.candidates:
-            self.by_subgroup.setdefault(e.subgroup, []).append(e)
-        offset = CAPTIONED_SEED_OFFSET + seed
-        self.world = replace(world, seed=world.seed + offset, unrelated_rate=0.0)
-        self.forbidden = frozenset(r.caption for r in plan_world(world).records)
+    forbidden: frozenset[str]  # captions never written (the world's own)
+    index_of: Mapping[str, int]  # QID -> KB row
+    scene_size: tuple[int, int]
 
-    def record(self, index: int, subject: int) -> RecordPlan:
-        """The planned pair whose first mention is KB entity ``subject``."""
-        return plan_record(
-            index, self.entities[subject], self.world, self.candidates, self.by_subgroup
-        )
+    def record(self, index: int, subject: int) -> Any: ...
 
 
 class PretrainingCorpus(Sequence[dict[str, Any]]):
@@ -141,7 +121,12 @@ class PretrainingCorpus(Sequence[dict[str, Any]]):
     index (a PIL image, the image placeholder, the text)."""
 
     def __init__(
-        self, kb: pd.DataFrame, images: EntityImages, cfg: CorpusConfig, image_token: str
+        self,
+        kb: pd.DataFrame,
+        images: EntityImages,
+        cfg: CorpusConfig,
+        image_token: str,
+        captions: CaptionSource | None = None,
     ) -> None:
         self.kb = kb.reset_index(drop=True)
         self.images = images
@@ -156,11 +141,9 @@ class PretrainingCorpus(Sequence[dict[str, Any]]):
         reps = -(-cfg.examples // len(self.pool))
         self.subjects = np.concatenate([rng.permutation(self.pool) for _ in range(reps)])
         self.kinds = rng.choice(len(KINDS), size=cfg.examples, p=list(cfg.kind_rates))
-        self.captioned = (
-            CaptionedScenes(self.kb, self.pool, cfg.world, cfg.seed)
-            if cfg.world is not None and cfg.kind_rates[KINDS.index("captioned")] > 0
-            else None
-        )
+        if cfg.kind_rates[KINDS.index("captioned")] > 0 and captions is None:
+            raise ValueError("the captioned kind needs a caption source (captions=...)")
+        self.captioned = captions
 
     def __len__(self) -> int:
         return self.cfg.examples
@@ -181,8 +164,8 @@ class PretrainingCorpus(Sequence[dict[str, Any]]):
             self.images.at(self.captioned.index_of[o.qid], max(o.square.size, 8))
             for o in record.objects
         ]
-        world = self.captioned.world
-        scene, boxes = compose_scene(rng, world.scene_width, world.scene_height, glyphs, squares)
+        width, height = self.captioned.scene_size
+        scene, boxes = compose_scene(rng, width, height, glyphs, squares)
         box = jittered(rng, boxes[mention.object], self.cfg.views.prompt_jitter, scene.size)
         image = draw_prompt(scene, box, self.cfg.views.prompt)
         region = _fill(REGION_TEXTS[int(rng.integers(len(REGION_TEXTS)))], self.kb, subject)
@@ -251,6 +234,9 @@ def names_region(generated: str, name: str) -> bool:
 # ---------------------------------------------------------------------------- the run
 
 
+HELDOUT_SEED_OFFSET = 1_000_003  # the held-out checks' corpus seed: seed + this
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """``detective.pretrain`` params: the corpus and its training loop."""
@@ -269,15 +255,18 @@ class PretrainConfig:
     def from_params(cls, params: dict[str, Any] | None) -> PretrainConfig:
         return from_params(cls, params, "detective.pretrain")
 
-    def corpus(self, views: ViewConfig, world: WorldConfig | None = None) -> CorpusConfig:
-        return CorpusConfig(self.seed, self.examples, self.kind_rates, views, world)
+    def corpus(self, views: ViewConfig) -> CorpusConfig:
+        return CorpusConfig(self.seed, self.examples, self.kind_rates, views)
 
     def heldout_corpus(self, views: ViewConfig) -> CorpusConfig:
-        return CorpusConfig(self.seed + 1_000_003, self.heldout, (1.0, 0.0, 0.0, 0.0), views)
+        return CorpusConfig(
+            self.seed + HELDOUT_SEED_OFFSET, self.heldout, (1.0, 0.0, 0.0, 0.0), views
+        )
 
-    def heldout_captioned(self, views: ViewConfig, world: WorldConfig) -> CorpusConfig:
-        rates = (0.0, 0.0, 0.0, 1.0)
-        return CorpusConfig(self.seed + 1_000_003, self.heldout, rates, views, world)
+    def heldout_captioned(self, views: ViewConfig) -> CorpusConfig:
+        return CorpusConfig(
+            self.seed + HELDOUT_SEED_OFFSET, self.heldout, (0.0, 0.0, 0.0, 1.0), views
+        )
 
 
 def region_naming(
