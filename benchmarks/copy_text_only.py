@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from vpmel.detective.model import demo_vlm_config
-from vpmel.detective.pretraining import CaptionedScenes, _fill, names_region
+from vpmel.detective.model import build_demo_vlm, demo_vlm_config
+from vpmel.detective.pretraining import _fill, names_region
 from vpmel.params import PARAMS_FILE, load_params
+from vpmel.world.captioned import CaptionedScenes
 from vpmel.world.generate import WorldConfig
 
 REGION = "the red box shows {name}, a {type}."
@@ -58,22 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     train = [example(i) for i in range(20000)]
     test = [example(100_000 + i) for i in range(300)]
     texts = [f"{c} {r}".strip() for c, r, _, _ in train]
+    # the demo VLM's own text model (build_demo_vlm's config), without the image
+    text_config = build_demo_vlm(demo, tok)[0].config.text_config
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=demo.hidden_size,
-            intermediate_size=demo.intermediate_size,
-            num_hidden_layers=demo.num_layers,
-            num_attention_heads=demo.num_heads,
-            num_key_value_heads=demo.num_heads,
-            max_position_embeddings=demo.max_positions,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            tie_word_embeddings=True,
-        )
-    )
+    model = LlamaForCausalLM(text_config)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, args.lr, total_steps=args.steps, pct_start=0.03

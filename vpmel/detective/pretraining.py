@@ -153,7 +153,7 @@ class PretrainingCorpus(Sequence[dict[str, Any]]):
         it equals one of the world's own captions —, region sentence, subject, whether the
         caption names the subject)."""
         if self.captioned is None:
-            raise ValueError("this corpus has no captioned kind (kind_rates, world)")
+            raise ValueError("this corpus has no caption source (captions=...)")
         rng = np.random.default_rng([self.cfg.seed, 23, index])
         subject = int(self.subjects[index])
         record = self.captioned.record(index, subject)
