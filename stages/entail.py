@@ -2,7 +2,9 @@
 
 The paper's Visual Entailment Module (Appendix A.6) keeps the image–text pairs that belong
 together. Writes `data/entail/entailment.parquet` (id, probability, entailed) and the counts
-to `reports/entail.json`.
+to `reports/entail.json`. With the clip backend it also writes every image's proposal
+embeddings (`data/entail/regions.safetensors`), which `ground` reuses instead of encoding
+the same crops again.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import pandas as pd
 import typer
 from rich.progress import track
 
-from stages.common import annotation_inputs
+from stages.common import annotation_inputs, region_cache_key
 from stages.console import clear_errors, console, stage_app
 from vpmel.params import PARAMS_FILE
 from vpmel.timings import stage_timer
 from vpmel.vpwiki.annotate import requests_for
+from vpmel.vpwiki.clip_annotator import REGIONS_FILE, save_region_embeddings
 
 
 def main(
@@ -40,6 +43,10 @@ def main(
         )
         out.mkdir(parents=True, exist_ok=True)
         table.to_parquet(out / "entailment.parquet", index=False)
+        (out / REGIONS_FILE).unlink(missing_ok=True)
+        key = region_cache_key(backend, encoder_dir)
+        if key is not None:
+            save_region_embeddings(out / REGIONS_FILE, backend.region_embeddings(dataset), key)
         counts = {
             "in": len(table),
             "entailed": int(table["entailed"].sum()),

@@ -104,3 +104,92 @@ def test_batched_grounding_equals_one_image_at_a_time() -> None:
         b, s = ann.ground(scenes[i], one, ann.phrases([text]))
         np.testing.assert_allclose(boxes[p], b[0])
         assert abs(sims[p] - s[0]) < 1e-5
+
+
+class CountingEncoder(ColourEncoder):
+    """ColourEncoder that counts the images it is asked to encode."""
+
+    def __init__(self) -> None:
+        self.images = 0
+
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        self.images += len(images)
+        return super().encode_images(images)
+
+
+def _requests(tmp_path, scenes_and_texts):  # noqa: ANN001, ANN202
+    from vpmel.vpwiki.annotation_backend import Request
+
+    out = []
+    for i, (objects, texts) in enumerate(scenes_and_texts):
+        path = tmp_path / "images" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _scene(objects).save(path)
+        out += [Request(path, t) for t in texts]
+    return out
+
+
+def test_grounding_reuses_the_proposal_embeddings_entailment_saved(tmp_path) -> None:  # noqa: ANN001
+    from vpmel.vpwiki.annotate import ClipBackend
+    from vpmel.vpwiki.clip_annotator import (
+        load_region_embeddings,
+        region_key,
+        save_region_embeddings,
+    )
+
+    requests = _requests(
+        tmp_path,
+        [
+            ({"red": (20, 30, 59, 69), "blue": (100, 40, 139, 79)}, ["red", "blue"]),
+            ({"green": (70, 20, 109, 59)}, ["green"]),
+            ({"blue": (5, 60, 44, 99)}, ["blue"]),
+        ],
+    )
+    cfg = ProposalConfig(top_k=20)
+    first = ClipBackend(ClipAnnotator(CountingEncoder(), cfg))
+    first.entail(requests)
+    key = region_key("enc-1", cfg)
+    path = tmp_path / "regions.safetensors"
+    save_region_embeddings(path, first.region_embeddings(tmp_path), key)
+
+    encoder, baseline = CountingEncoder(), CountingEncoder()
+    second = ClipBackend(ClipAnnotator(encoder, cfg))
+    second.use_region_embeddings(load_region_embeddings(path, key), tmp_path)
+    boxes, scores = second.ground(requests)
+    fresh_boxes, fresh_scores = ClipBackend(ClipAnnotator(baseline, cfg)).ground(requests)
+    np.testing.assert_array_equal(boxes, fresh_boxes)
+    np.testing.assert_array_equal(scores, fresh_scores)
+    assert second.reused == 3
+    # the three images' proposals (top_k windows + the whole image) were not encoded again;
+    # only the refinement's moved boxes were
+    assert baseline.images - encoder.images == 3 * (cfg.top_k + 1)
+    assert encoder.images > 0
+
+
+def test_saved_proposal_embeddings_are_refused_for_another_encoder_or_windows(tmp_path) -> None:  # noqa: ANN001
+    from vpmel.vpwiki.annotate import ClipBackend
+    from vpmel.vpwiki.clip_annotator import (
+        load_region_embeddings,
+        region_key,
+        save_region_embeddings,
+    )
+
+    requests = _requests(tmp_path, [({"red": (20, 30, 59, 69)}, ["red"])])
+    cfg = ProposalConfig(top_k=10)
+    backend = ClipBackend(ClipAnnotator(ColourEncoder(), cfg))
+    backend.entail(requests + _requests(tmp_path / "b", [({"blue": (5, 60, 44, 99)}, ["blue"])]))
+    path = tmp_path / "regions.safetensors"
+    save_region_embeddings(path, backend.region_embeddings(tmp_path), region_key("enc-1", cfg))
+    loaded = load_region_embeddings(path, region_key("enc-1", cfg))
+    assert sorted(loaded) == ["b/images/0.png", "images/0.png"]
+    boxes, embeddings = loaded["images/0.png"]
+    assert boxes.shape == (cfg.top_k + 1, 4) and embeddings.shape == (cfg.top_k + 1, 4)
+    assert load_region_embeddings(path, region_key("enc-2", cfg)) is None
+    assert load_region_embeddings(path, region_key("enc-1", ProposalConfig(top_k=12))) is None
+    assert (
+        load_region_embeddings(tmp_path / "missing.safetensors", region_key("enc-1", cfg)) is None
+    )
+    # settings that only change how a box is chosen, not the crops, keep the embeddings
+    assert load_region_embeddings(
+        path, region_key("enc-1", ProposalConfig(top_k=10, refine_steps=0))
+    )

@@ -10,7 +10,7 @@ list of :class:`~vpmel.vpwiki.annotation_backend.Request` and answer in the same
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,12 @@ from PIL import Image
 from vpmel.data.images import open_rgb
 from vpmel.vpwiki.annotation_backend import Backend, Request, Track, no_progress
 from vpmel.vpwiki.boxes import sliding_windows
-from vpmel.vpwiki.clip_annotator import ClipAnnotator, RegionScores, fit_calibration
+from vpmel.vpwiki.clip_annotator import (
+    ClipAnnotator,
+    KnownRegions,
+    RegionScores,
+    fit_calibration,
+)
 
 
 class ClipBackend:
@@ -38,6 +43,20 @@ class ClipBackend:
         self.annotator = annotator
         self.seed = seed
         self.calibration: tuple[float, float] | None = None
+        # proposal embeddings: entailment's (kept for grounding) and those read back
+        self.computed: dict[Path, RegionScores] = {}
+        self.known: dict[Path, KnownRegions] = {}
+        self.reused = 0  # images whose proposal embeddings came from ``known``
+
+    def region_embeddings(self, root: Path) -> dict[str, RegionScores]:
+        """The proposal embeddings computed so far, by image path relative to ``root`` (what
+        :func:`~vpmel.vpwiki.clip_annotator.save_region_embeddings` writes)."""
+        return {path.relative_to(root).as_posix(): r for path, r in self.computed.items()}
+
+    def use_region_embeddings(self, known: Mapping[str, KnownRegions], root: Path) -> None:
+        """Reuse embeddings computed earlier (names relative to ``root``) where an image's
+        proposals are the same boxes."""
+        self.known = {root / name: value for name, value in known.items()}
 
     def _chunks(self, images: list[Path], track: Track, what: str) -> Iterator[list[Path]]:
         chunks = [
@@ -48,8 +67,17 @@ class ClipBackend:
     def _regions(self, images: list[Path], track: Track, what: str) -> dict[Path, RegionScores]:
         out = {}
         for chunk in self._chunks(images, track, what):
-            out.update(zip(chunk, self.annotator.regions_many(_open(chunk)), strict=True))
+            out.update(zip(chunk, self._regions_of(chunk, _open(chunk)), strict=True))
+        self.computed.update(out)
         return out
+
+    def _regions_of(self, paths: list[Path], images: list[Image.Image]) -> list[RegionScores]:
+        known = [self.known.get(path) for path in paths]
+        regions = self.annotator.regions_many(images, known)
+        self.reused += sum(
+            k is not None and r.embeddings is k[1] for k, r in zip(known, regions, strict=True)
+        )
+        return regions
 
     def entail(self, requests: Sequence[Request], track: Track = no_progress) -> np.ndarray:
         images = sorted({r.image for r in requests})
@@ -95,7 +123,7 @@ class ClipBackend:
         emb = dict(zip(texts, self.annotator.phrases(texts), strict=True))
         for chunk in self._chunks(sorted(by_image), track, "ground"):
             images = _open(chunk)
-            regions = self.annotator.regions_many(images)
+            regions = self._regions_of(chunk, images)
             idx = [i for path in chunk for i in by_image[path]]
             owner = [k for k, path in enumerate(chunk) for _ in by_image[path]]
             phrases = torch.stack([emb[requests[i].text] for i in idx])

@@ -15,17 +15,27 @@ the spirit of ReCLIP, a phrase is grounded by scoring region proposals against i
    probability with a logistic calibration ``p = sigmoid(a * s + b)`` fitted without labels
    by :func:`fit_calibration`: each image against its own phrase (positive) and against the
    phrase of another image (negative).
+
+Encoding the crops is nearly all of the work, and entailment and grounding need the same
+ones: :func:`save_region_embeddings` writes an image's proposal embeddings once (the `entail`
+stage), :func:`load_region_embeddings` reads them back for grounding, keyed by the encoder
+and the proposal settings so that embeddings of another model or other windows are never
+reused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 
 from vpmel.vpwiki.boxes import sliding_windows
@@ -171,6 +181,9 @@ class RegionScores:
         return (phrase_embeddings @ self.embeddings.T).numpy()
 
 
+KnownRegions = tuple[np.ndarray, torch.Tensor]  # an image's proposal boxes (K, 4), embeddings
+
+
 class ClipAnnotator:
     """Grounding and entailment from one encoder; see the module docstring."""
 
@@ -184,18 +197,39 @@ class ClipAnnotator:
         return self.regions_many([image])[0]
 
     @torch.no_grad()
-    def regions_many(self, images: Sequence[Image.Image]) -> list[RegionScores]:
-        """Proposals and their embeddings for several images, in one encoder batch."""
+    def regions_many(
+        self,
+        images: Sequence[Image.Image],
+        known: Sequence[KnownRegions | None] | None = None,
+    ) -> list[RegionScores]:
+        """Proposals and their embeddings for several images, in one encoder batch.
+
+        ``known[i]``, when given, holds embeddings computed earlier for image ``i``'s
+        proposals (:func:`load_region_embeddings`); they are used when their boxes are the
+        proposals computed now, and the image's crops are encoded otherwise."""
         images = [_rgb(im) for im in images]
+        known = known if known is not None else [None] * len(images)
         proposed = [propose(im, self.proposals) for im in images]
+        reuse = [
+            k is not None and k[0].shape == b.shape and np.array_equal(k[0], b)
+            for k, (b, _, _) in zip(known, proposed, strict=True)
+        ]
         crops = [
             crop(im, b, self.proposals.context)
-            for im, (bs, _, _) in zip(images, proposed, strict=True)
+            for im, (bs, _, _), r in zip(images, proposed, reuse, strict=True)
+            if not r
             for b in bs
         ]
-        embeddings = self.encoder.encode_images(crops).float()
-        parts = torch.split(embeddings, [len(b) for b, _, _ in proposed])
-        return [RegionScores(b, e, z, sc) for (b, z, sc), e in zip(proposed, parts, strict=True)]
+        fresh = iter(
+            torch.split(
+                self.encoder.encode_images(crops).float() if crops else torch.zeros(0),
+                [len(b) for (b, _, _), r in zip(proposed, reuse, strict=True) if not r],
+            )
+        )
+        return [
+            RegionScores(b, k[1] if r else next(fresh), z, sc)
+            for (b, z, sc), k, r in zip(proposed, known, reuse, strict=True)
+        ]
 
     @torch.no_grad()
     def phrases(self, texts: list[str]) -> torch.Tensor:
@@ -274,3 +308,50 @@ def fit_calibration(positive: np.ndarray, negative: np.ndarray) -> tuple[float, 
     y = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))])
     model = LogisticRegression(C=100.0).fit(x, y)
     return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+REGIONS_FILE = "regions.safetensors"
+
+
+def region_key(encoder: str, proposals: ProposalConfig) -> dict[str, Any]:
+    """What embeddings are valid for: the encoder (a fingerprint) and the proposal settings
+    that decide the windows and their crops."""
+    settings = asdict(proposals)
+    crops = ("sizes", "aspect_ratios", "overlap", "top_k", "context", "whole_image")
+    return {"format": 1, "encoder": encoder} | {k: settings[k] for k in crops}
+
+
+def save_region_embeddings(
+    path: Path, regions: Mapping[str, RegionScores], key: Mapping[str, Any]
+) -> None:
+    """One file holding every image's proposal boxes and embeddings (``regions``: image
+    name -> its :class:`RegionScores`), stamped with ``key`` (:func:`region_key`)."""
+    names = list(regions)
+    empty = torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, 0)
+    boxes = [torch.from_numpy(np.asarray(regions[n].boxes, dtype=np.float64)) for n in names]
+    embeddings = [regions[n].embeddings.float() for n in names]
+    tensors = {
+        "boxes": torch.cat(boxes) if names else empty[0],
+        "embeddings": torch.cat(embeddings).contiguous() if names else empty[1],
+        "counts": torch.tensor([len(b) for b in boxes], dtype=torch.int64),
+    }
+    meta = {"key": json.dumps(dict(key), sort_keys=True), "images": json.dumps(names)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, path, metadata=meta)
+
+
+def load_region_embeddings(path: Path, key: Mapping[str, Any]) -> dict[str, KnownRegions] | None:
+    """The embeddings :func:`save_region_embeddings` wrote, by image name; None when the
+    file is missing or was made with another encoder or other proposal settings."""
+    if not Path(path).is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    if meta.get("key") != json.dumps(dict(key), sort_keys=True):
+        return None
+    tensors = load_file(path)
+    names = json.loads(meta["images"])
+    counts = tensors["counts"].tolist()
+    boxes = torch.split(tensors["boxes"], counts)
+    embeddings = torch.split(tensors["embeddings"], counts)
+    return {n: (b.numpy(), e) for n, b, e in zip(names, boxes, embeddings, strict=True)}
