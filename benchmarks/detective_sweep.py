@@ -8,6 +8,7 @@ accuracy of this sweep (README: "Detective-VLM settings").
 
     python benchmarks/detective_sweep.py 1e-3:7 3e-3:7 6e-3:12 1e-2:15
     python benchmarks/detective_sweep.py 3e-3:7:0      # lr:epochs[:prompt_loss_weight]
+    python benchmarks/detective_sweep.py 3e-3:6:0 --mentions all --params other.yaml
 
 Each setting takes ~3-6 minutes on 2 CPU cores (tuning dominates).
 """
@@ -26,7 +27,7 @@ import torch
 from vpmel.data.subsets import name_in_text
 from vpmel.detective.answers import answer_forms, exact_match, model_answer_fn, parsed_rows
 from vpmel.detective.model import instruction_records, load_pretrained, usable
-from vpmel.detective.training import TuneConfig, tune
+from vpmel.detective.training import TUNING_MENTIONS, TuneConfig, tune, tuning_mask
 from vpmel.params import PARAMS_FILE, load_params
 
 
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--base", type=Path, default=Path("models/detective_base"))
     p.add_argument("--params", type=Path, default=PARAMS_FILE)
     p.add_argument("--answers", type=Path, default=None, help="each setting's dev answers")
+    p.add_argument(
+        "--mentions",
+        choices=TUNING_MENTIONS,
+        default=None,
+        help="train mentions to tune on (default: the params' detective.train.mentions)",
+    )
     args = p.parse_args(argv)
 
     params = load_params("detective", args.params)
@@ -53,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         {"mode": params["mode"], "seed": params["seed"], **params["train"], "lora": None}
     )
     mentions = pd.read_parquet(args.vpwiki / "mentions.parquet").astype({"id": str})
+    if args.mentions is not None:
+        base_cfg = replace(base_cfg, mentions=args.mentions)
     train, _ = usable(mentions[mentions["split"] == "train"])
+    train = train[tuning_mask(train, base_cfg.mentions)]
     dev, _ = usable(mentions[mentions["split"] == "dev"])
     fmt = params.get("prompt_format", "plain")
     cross = params["cross_fit"]
@@ -79,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.answers is not None:
             args.answers.mkdir(parents=True, exist_ok=True)
             rows.assign(sentence=list(dev["sentence"])).to_parquet(
-                args.answers / f"dev_{lr:g}_{epochs}_{cfg.prompt_loss_weight:g}.parquet"
+                args.answers
+                / f"dev_{lr:g}_{epochs}_{cfg.prompt_loss_weight:g}_{cfg.mentions}.parquet"
             )
         print(
             json.dumps(
@@ -87,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
                     "lr": lr,
                     "epochs": epochs,
                     "prompt_loss_weight": cfg.prompt_loss_weight,
+                    "freeze": list(cfg.freeze),
+                    "mentions": cfg.mentions,
+                    "train_mentions": len(train),
                     "dev": exact_match(rows, mentions, ("dev",))["dev"],
                     "forms": answer_forms(rows),
                     "answer_in_caption": round(sum(in_caption) / max(len(rows), 1), 4),

@@ -1,7 +1,8 @@
 """DVC stage `detective`: instruction data from the train split; tune Detective-VLM.
 
-Builds one instruction per train mention with the paper's template (§5.2) and writes them to
-`data/detective/instructions.jsonl`; tunes the model `detective.model` names — `demo` (the
+Builds one instruction per train mention with the paper's template (§5.2) — every mention, or
+with `detective.train.mentions: named` those whose caption names the gold entity — and writes
+them to `data/detective/instructions.jsonl`; tunes the model `detective.model` names — `demo` (the
 tiny LLaVA pretrained by the `detective_base` stage, read from `models/detective_base`) or
 any image-text-to-text checkpoint (full or LoRA) — and writes it to
 `models/detective/` (see `vpmel.detective.model`). Tuning statistics go to
@@ -33,7 +34,7 @@ from vpmel.detective.model import (
     save_detective,
     usable,
 )
-from vpmel.detective.training import TuneConfig, tune
+from vpmel.detective.training import TuneConfig, tune, tuning_mask
 from vpmel.params import PARAMS_FILE, load_params
 from vpmel.timings import stage_timer
 
@@ -91,8 +92,14 @@ def main(
             f"detective: {len(train)} train instructions ({bad_train} without name/type dropped), "
             f"{len(dev)} dev; model {p['model']} ({cfg.mode})"
         )
-        records = instruction_records(train, processor, prompt_format, vpwiki)
+        every = instruction_records(train, processor, prompt_format, vpwiki)
+        tune_on = tuning_mask(train, cfg.mentions)
+        records = [r for r, keep in zip(every, tune_on, strict=True) if keep]
         dev_records = instruction_records(dev, processor, prompt_format, vpwiki)
+        console.print(
+            f"detective: tuning on {len(records)} of {len(every)} train mentions "
+            f"(detective.train.mentions: {cfg.mentions})"
+        )
         if main_process:
             if out.exists():
                 shutil.rmtree(out)
@@ -119,6 +126,8 @@ def main(
                 "model": str(p["model"]),
                 "mode": cfg.mode,
                 "train_instructions": len(records),
+                "tuning_mentions": cfg.mentions,
+                "train_mentions_not_tuned_on": len(every) - len(records),
                 "dev_instructions": len(dev_records),
                 "dropped": bad_train,
                 "steps": result.steps,
@@ -135,9 +144,10 @@ def main(
         if main_process:  # empty unless cross-fitting: `answers` then says what is missing
             parsed_rows([], []).to_parquet(oof_file, index=False)
         if folds > 1:
-            oof, seconds = cross_fit(train, records, folds, int(p["seed"]), fresh, cfg, vpwiki,
+            oof, seconds = cross_fit(train, every, folds, int(p["seed"]), fresh, cfg, vpwiki,
                                      prompt_format, cross, accelerator,
-                                     lambda line: console.print(f"detective: {line}"))  # fmt: skip
+                                     lambda line: console.print(f"detective: {line}"),
+                                     tune_on)  # fmt: skip
             if main_process:
                 oof.to_parquet(oof_file, index=False)
                 timing["cross_fit_s"] = round(seconds, 1)

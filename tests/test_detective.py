@@ -355,3 +355,69 @@ def test_remote_code_fallback_needs_trust_remote_code(monkeypatch) -> None:
     assert "causal" not in [c[0] for c in rec.calls]
     detective.load_pretrained("MAGAer13/mplug-owl2-llama2-7b", trust_remote_code=True)
     assert rec.calls[-1][0] == "causal" and rec.calls[-1][1]["trust_remote_code"] is True
+
+
+# ---------------------------------------------------------------------------- which mentions
+
+
+def _named_and_unnamed() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": ["kb-name", "alias", "unnamed", "no-span"],
+            "sentence": [
+                "A trombone on the table.",
+                "A whale in the bay.",
+                "So many things on the noticeboard!",
+                "A face at the window.",
+            ],
+            "qid": ["Q1", "Q2", "Q3", "Q4"],
+            "entity_name": ["trombone", "spouting whale", "grinning face", "confounded face"],
+            "mention": ["trombone", "whale", "grinning face", "sad face"],
+            "span_start": [2, 2, None, None],
+            "span_end": [10, 7, None, None],
+        }
+    )
+
+
+def test_tuning_mask_keeps_mentions_whose_sentence_names_them() -> None:
+    from vpmel.detective.training import tuning_mask
+
+    mentions = _named_and_unnamed()
+    # named: the KB name occurs, or the mention words are located in the sentence (an alias);
+    # not: the name is absent and the mention words have no span there
+    assert tuning_mask(mentions, "named").tolist() == [True, True, False, False]
+    assert tuning_mask(mentions, "all").tolist() == [True] * 4
+    with pytest.raises(ValueError, match="detective.train.mentions"):
+        tuning_mask(mentions, "some")
+    with pytest.raises(ValueError, match="detective.train.mentions"):
+        TuneConfig.from_params({"mentions": "some"})
+    assert TuneConfig.from_params({"mentions": "named"}).mentions == "named"
+
+
+def test_cross_fit_tunes_folds_on_allowed_mentions_and_answers_every_one(monkeypatch) -> None:
+    from vpmel.detective import cross_fit as cf
+
+    tuned_on: list[list[str]] = []
+
+    def fake_tune(model, processor, records, *args, **kwargs):  # noqa: ANN001, ANN202
+        tuned_on.append([r["id"] for r in records])
+        return SimpleNamespace(eval=lambda: None), None
+
+    def fake_answers(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return lambda held: [f"{i} Misc" for i in held["id"]]
+
+    monkeypatch.setattr(cf, "tune", fake_tune)
+    monkeypatch.setattr(cf, "model_answer_fn", fake_answers)
+    train = _named_and_unnamed().assign(pair_id=["p1", "p2", "p3", "p4"])
+    records = [{"id": i} for i in train["id"]]
+    allowed = [True, True, False, False]
+    oof, _ = cf.cross_fit(
+        train, records, 2, 0, lambda: (None, None), TuneConfig(), Path("."), "plain",
+        {}, None, tune_on=allowed,
+    )  # fmt: skip
+    assert sorted(oof["id"]) == sorted(train["id"])  # every train mention is answered
+    assert all(set(ids) <= {"kb-name", "alias"} for ids in tuned_on)  # only allowed ones tuned
+    folds = cf.fold_of(train["pair_id"], 2, 0)
+    for k, ids in enumerate(tuned_on):  # and never the fold's own mentions
+        own = set(train["id"][folds == k])
+        assert not own & set(ids)

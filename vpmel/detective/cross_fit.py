@@ -42,18 +42,22 @@ def cross_fit(
     cross: dict[str, Any],
     accelerator: Accelerator,
     log: Callable[[str], object] = lambda line: None,
+    tune_on: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """Answers (:func:`vpmel.detective.answers.parsed_rows`) for the ``train`` mentions from models
     that never saw them, and the seconds it took. ``records``: the train mentions'
     instructions (same order); ``fresh``: the untuned model and processor, anew each call;
     ``cross``: the ``detective.cross_fit`` params (batch_size, max_new_tokens); ``log``
-    gets one line per fold."""
+    gets one line per fold; ``tune_on`` (bool per train mention, default all): the mentions
+    a fold's model may be tuned on (``detective.train.mentions``) — every mention is still
+    answered by the model of its fold."""
     start = time.perf_counter()
     fold = fold_of(train["pair_id"], folds, seed)
+    use = np.ones(len(records), dtype=bool) if tune_on is None else np.asarray(tune_on, dtype=bool)
     parts = []
     for k in range(folds):
         model, processor = fresh()
-        rest = [r for r, f in zip(records, fold, strict=True) if f != k]
+        rest = [r for r, f, u in zip(records, fold, use, strict=True) if f != k and u]
         tuned, _ = tune(model, processor, rest, cfg, (), accelerator, progress=False)
         held = train[fold == k]
         answer = model_answer_fn(tuned.eval(), processor, vpwiki, prompt_format,

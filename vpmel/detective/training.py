@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -44,6 +46,7 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vpmel.data.images import ImageProblem, open_rgb
+from vpmel.data.subsets import named_mentions
 from vpmel.params import from_params
 
 IGNORE = -100
@@ -60,6 +63,32 @@ class LoraSettings:
         r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     )
     modules_to_save: list[str] = field(default_factory=list)
+
+
+TUNING_MENTIONS = ("all", "named")
+
+
+def tuning_mask(mentions: pd.DataFrame, which: str) -> np.ndarray:
+    """Which of ``mentions`` (rows with sentence, qid, entity_name and, where present,
+    mention, span_start, span_end) become instructions under ``detective.train.mentions``.
+
+    ``all``: every one. ``named``: those whose sentence names the gold entity — its mention
+    words located in the sentence, or its name occurring in it
+    (:func:`vpmel.data.subsets.is_named`, the rule of the report's *name in caption* subset).
+    The paper's fine-tuning answer is "the mention words in M_j that are associated with the
+    Visual prompt" (Appendix A.2), a phrase of the sentence; a demo mention whose caption
+    does not name its entity has no such phrase, and tuning the tiny demo VLM on its KB name
+    teaches it to recall train names from an image it cannot read (README, *Detective-VLM
+    settings*).
+    """
+    if which not in TUNING_MENTIONS:
+        raise ValueError(
+            f"detective.train.mentions must be one of {TUNING_MENTIONS}, not {which!r}"
+        )
+    if which == "all":
+        return np.ones(len(mentions), dtype=bool)
+    names = mentions[["qid", "entity_name"]].dropna().drop_duplicates("qid")
+    return named_mentions(mentions, names.rename(columns={"entity_name": "name"}))
 
 
 @dataclass(frozen=True)
@@ -83,8 +112,12 @@ class TuneConfig:
     # keep encoded examples (ids + pixels, ~40 KB each at 56 px) in memory after first use
     cache_examples: bool = False
     # weight of the language-modelling loss on the instruction text (0: answer only, as the
-    # paper; a demo VLM trained from scratch needs it to learn to read, see instruction_loss)
+    # paper and the demo; > 0 helps a base that has not learnt to read a caption, see
+    # instruction_loss)
     prompt_loss_weight: float = 0.0
+    # which train mentions become instructions: all, or named — those whose sentence holds
+    # the gold entity's name or its mention words (vpmel.detective.model.tuning_mask)
+    mentions: str = "all"
     seed: int = 0
     lora: LoraSettings = LoraSettings()
 
@@ -97,6 +130,10 @@ class TuneConfig:
         cfg = from_params(cls, params, "detective.train")
         if cfg.mode not in ("full", "lora"):
             raise ValueError(f"detective.mode must be 'full' or 'lora', got {cfg.mode!r}")
+        if cfg.mentions not in TUNING_MENTIONS:
+            raise ValueError(
+                f"detective.train.mentions must be one of {TUNING_MENTIONS}, not {cfg.mentions!r}"
+            )
         return cfg
 
 
