@@ -193,3 +193,17 @@ def test_saved_proposal_embeddings_are_refused_for_another_encoder_or_windows(tm
     assert load_region_embeddings(
         path, region_key("enc-1", ProposalConfig(top_k=10, refine_steps=0))
     )
+
+
+def test_saved_proposal_embeddings_are_the_same_bytes_every_time(tmp_path) -> None:  # noqa: ANN001
+    from vpmel.vpwiki.annotate import ClipBackend
+    from vpmel.vpwiki.clip_annotator import region_key, save_region_embeddings
+
+    requests = _requests(tmp_path, [({"red": (20, 30, 59, 69)}, ["red"])])
+    cfg = ProposalConfig(top_k=10)
+    backend = ClipBackend(ClipAnnotator(ColourEncoder(), cfg))
+    backend.entail(requests + _requests(tmp_path / "b", [({"blue": (5, 60, 44, 99)}, ["blue"])]))
+    files = [tmp_path / f"regions_{i}.safetensors" for i in range(10)]
+    for path in files:
+        save_region_embeddings(path, backend.region_embeddings(tmp_path), region_key("e", cfg))
+    assert len({path.read_bytes() for path in files}) == 1

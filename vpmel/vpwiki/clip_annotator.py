@@ -335,7 +335,9 @@ def save_region_embeddings(
         "embeddings": torch.cat(embeddings).contiguous() if names else empty[1],
         "counts": torch.tensor([len(b) for b in boxes], dtype=torch.int64),
     }
-    meta = {"key": json.dumps(dict(key), sort_keys=True), "images": json.dumps(names)}
+    # one metadata entry: safetensors writes its metadata map in no fixed order, and the file
+    # must be the same bytes on every run (a DVC output)
+    meta = {"regions": json.dumps({"key": dict(key), "images": names}, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, path, metadata=meta)
 
@@ -346,11 +348,11 @@ def load_region_embeddings(path: Path, key: Mapping[str, Any]) -> dict[str, Know
     if not Path(path).is_file():
         return None
     with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-    if meta.get("key") != json.dumps(dict(key), sort_keys=True):
+        meta = json.loads((handle.metadata() or {}).get("regions", "{}"))
+    if meta.get("key") != json.loads(json.dumps(dict(key))):
         return None
     tensors = load_file(path)
-    names = json.loads(meta["images"])
+    names = meta["images"]
     counts = tensors["counts"].tolist()
     boxes = torch.split(tensors["boxes"], counts)
     embeddings = torch.split(tensors["embeddings"], counts)
