@@ -68,6 +68,14 @@ class LoraSettings:
 TUNING_MENTIONS = ("all", "named")
 
 
+def check_tuning_mentions(which: str) -> None:
+    """Refuse a ``detective.train.mentions`` value that is not one of :data:`TUNING_MENTIONS`."""
+    if which not in TUNING_MENTIONS:
+        raise ValueError(
+            f"detective.train.mentions must be one of {TUNING_MENTIONS}, not {which!r}"
+        )
+
+
 def tuning_mask(mentions: pd.DataFrame, which: str) -> np.ndarray:
     """Which of ``mentions`` (rows with sentence, qid, entity_name and, where present,
     mention, span_start, span_end) become instructions under ``detective.train.mentions``.
@@ -81,10 +89,7 @@ def tuning_mask(mentions: pd.DataFrame, which: str) -> np.ndarray:
     teaches it to recall train names from an image it cannot read (README, *Detective-VLM
     settings*).
     """
-    if which not in TUNING_MENTIONS:
-        raise ValueError(
-            f"detective.train.mentions must be one of {TUNING_MENTIONS}, not {which!r}"
-        )
+    check_tuning_mentions(which)
     if which == "all":
         return np.ones(len(mentions), dtype=bool)
     names = mentions[["qid", "entity_name"]].dropna().drop_duplicates("qid")
@@ -116,7 +121,7 @@ class TuneConfig:
     # instruction_loss)
     prompt_loss_weight: float = 0.0
     # which train mentions become instructions: all, or named — those whose sentence holds
-    # the gold entity's name or its mention words (vpmel.detective.model.tuning_mask)
+    # the gold entity's name or its mention words (tuning_mask)
     mentions: str = "all"
     seed: int = 0
     lora: LoraSettings = LoraSettings()
@@ -130,10 +135,7 @@ class TuneConfig:
         cfg = from_params(cls, params, "detective.train")
         if cfg.mode not in ("full", "lora"):
             raise ValueError(f"detective.mode must be 'full' or 'lora', got {cfg.mode!r}")
-        if cfg.mentions not in TUNING_MENTIONS:
-            raise ValueError(
-                f"detective.train.mentions must be one of {TUNING_MENTIONS}, not {cfg.mentions!r}"
-            )
+        check_tuning_mentions(cfg.mentions)
         return cfg
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 
 from vpmel.vpwiki.boxes import sliding_windows
@@ -211,7 +211,7 @@ class ClipAnnotator:
         known = known if known is not None else [None] * len(images)
         proposed = [propose(im, self.proposals) for im in images]
         reuse = [
-            k is not None and k[0].shape == b.shape and np.array_equal(k[0], b)
+            k is not None and np.array_equal(k[0], b)
             for k, (b, _, _) in zip(known, proposed, strict=True)
         ]
         crops = [
@@ -347,13 +347,12 @@ def load_region_embeddings(path: Path, key: Mapping[str, Any]) -> dict[str, Know
     file is missing or was made with another encoder or other proposal settings."""
     if not Path(path).is_file():
         return None
-    with safe_open(str(path), framework="pt") as handle:
+    with safe_open(str(path), framework="pt") as handle:  # one read: metadata, then tensors
         meta = json.loads((handle.metadata() or {}).get("regions", "{}"))
-    if meta.get("key") != json.loads(json.dumps(dict(key))):
-        return None
-    tensors = load_file(path)
+        if meta.get("key") != json.loads(json.dumps(dict(key))):  # tuples as JSON lists
+            return None
+        counts = handle.get_tensor("counts").tolist()
+        boxes = torch.split(handle.get_tensor("boxes"), counts)
+        embeddings = torch.split(handle.get_tensor("embeddings"), counts)
     names = meta["images"]
-    counts = tensors["counts"].tolist()
-    boxes = torch.split(tensors["boxes"], counts)
-    embeddings = torch.split(tensors["embeddings"], counts)
     return {n: (b.numpy(), e) for n, b, e in zip(names, boxes, embeddings, strict=True)}
