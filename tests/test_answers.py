@@ -22,6 +22,7 @@ from vpmel.detective.answers import (
     fill_cache,
     fingerprint,
     model_answer_fn,
+    train_dev_gap,
 )
 from vpmel.detective.model import (
     DetectiveMeta,
@@ -115,6 +116,15 @@ def test_parsed_columns_and_metrics() -> None:
         "empty": 0.0,
     }
     assert scores["test"]["name_accuracy"] == 0.75 and scores["test"]["unparsed_type"] == 1
+    # the answers IIER trains on against dev's (train: m0, m5 -> 1.0; dev 0.75)
+    gap = train_dev_gap(table, ms)
+    assert set(gap) == {"all"} and gap["all"]["delta"] == 25.0
+    assert gap["all"]["n_train"] == 2 and gap["all"]["n_dev"] == 4
+    low, high = gap["all"]["ci"]
+    assert low <= 25.0 <= high
+    named = pd.Series([True] * 5 + [False] * 5)
+    assert gap == {k: v for k, v in train_dev_gap(table, ms, named).items() if k == "all"}
+    assert train_dev_gap(table, ms, named)["named"]["n_dev"] == 2
     with pytest.raises(ValueError, match="no answer"):
         answers_table(ms, cache_rows.head(5))
 

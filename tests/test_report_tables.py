@@ -35,3 +35,16 @@ def test_pair_table_gives_each_pair_per_subset_and_skips_missing_methods() -> No
     assert rows[1][7] == f"{p:.3g}"
     identical = pair_table({"A": a}, [("self", "A", "A")], {"all": pd.Index(ids)})
     assert "+0.0 [+0.0, +0.0]" in identical and "no difference" in identical
+
+
+def test_gap_lines_say_whether_the_train_answers_differ_from_devs() -> None:
+    from vpmel.report.document import gap_lines
+
+    gap = {
+        "all": {"delta": -5.2, "ci": [-12.1, 2.0], "n_train": 1313, "n_dev": 163},
+        "named": {"delta": -9.0, "ci": [-17.0, -1.0], "n_train": 850, "n_dev": 110},
+    }
+    line = gap_lines(gap)[0]
+    assert "all mentions -5.2 [-12.1, +2.0] (1313 vs 163: no difference)" in line
+    assert "caption names it -9.0 [-17.0, -1.0] (850 vs 110: a difference)" in line
+    assert gap_lines(None) == [] and gap_lines({}) == []

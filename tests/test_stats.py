@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpmel.iier.stats import mcnemar_exact, paired_bootstrap, per_mention, seed_summary
+from vpmel.iier.stats import (
+    independent_bootstrap,
+    mcnemar_exact,
+    paired_bootstrap,
+    per_mention,
+    seed_summary,
+)
 
 
 def test_seed_summary_is_mean_and_sample_sd() -> None:
@@ -56,3 +62,18 @@ def test_mcnemar_counts_discordant_mentions_by_seed_majority() -> None:
     b = np.full((1, 10), 3)
     assert mcnemar_exact(a, b)[2] == pytest.approx(2 * 0.5**10)
     assert mcnemar_exact(b, b) == (0, 0, 1.0)
+
+
+def test_independent_bootstrap_resamples_each_side_on_its_own() -> None:
+    rng = np.random.default_rng(2)
+    a = 100.0 * (rng.random(1300) < 0.27)  # e.g. out-of-fold train answers
+    b = 100.0 * (rng.random(160) < 0.33)  # dev answers: other mentions, another size
+    d = independent_bootstrap(a, b)
+    assert d.delta == pytest.approx(a.mean() - b.mean()) and d.n == 160
+    assert d.low < d.delta < d.high
+    # the CI is about as wide as the normal approximation of two independent shares
+    se = np.sqrt(a.var() / len(a) + b.var() / len(b))
+    assert (d.high - d.low) == pytest.approx(2 * 1.96 * se, rel=0.15)
+    same = independent_bootstrap(np.full(50, 30.0), np.full(80, 30.0))
+    assert (same.delta, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert np.isnan(independent_bootstrap(np.ones(3), np.ones(0)).delta)

@@ -29,6 +29,7 @@ from vpmel.data.subsets import named_mentions, subset_key
 from vpmel.detective.model import format_prompt, normalise, parse_answer, render_instruction
 from vpmel.detective.model import image_token as processor_image_token
 from vpmel.detective.training import load_image
+from vpmel.iier.stats import independent_bootstrap
 
 CACHE_SCHEMA = pa.schema(
     [
@@ -309,11 +310,47 @@ def metrics_report(
 ) -> dict[str, Any]:
     """Exact match per split; for dev and test also on the mentions whose gold name is in
     the caption and those where it is not (:mod:`vpmel.data.subsets`; the VLM must then see it)."""
-    report = {**info, **exact_match(answers, mentions, ("train", "dev", "test"))}
+    splits = ("train", "dev", "test")
+    report = {**info, **exact_match(answers, mentions, splits)}
+    named = None
     if {"sentence", "qid", "entity_name"} <= set(mentions.columns):
         kb = mentions[["qid", "entity_name"]].dropna().drop_duplicates("qid")
         named = named_mentions(mentions, kb.rename(columns={"entity_name": "name"}))
         for subset, mask in (("named", named), ("unnamed", ~named)):
-            part = exact_match(answers, mentions[mask], ("dev", "test"))
+            part = exact_match(answers, mentions[mask], splits)
             report |= {subset_key(split, subset): v for split, v in part.items()}
+    gap = train_dev_gap(answers, mentions, named)
+    if gap:
+        report["train_minus_dev"] = gap
     return report
+
+
+def train_dev_gap(
+    answers: pd.DataFrame, mentions: pd.DataFrame, named: pd.Series | None = None
+) -> dict[str, Any]:
+    """Name accuracy of the train answers minus dev's, in points, with an unpaired bootstrap
+    95% CI over mentions (:func:`vpmel.iier.stats.independent_bootstrap`): are the answers
+    IIER trains on as good as the ones it is tested on? Also on the mentions whose caption
+    names the entity (``named``), which takes out the splits' different shares of them.
+    Empty when either split has no answers."""
+    gold = mentions[["id", "split", "entity_name"]].astype({"id": str})
+    if named is not None:
+        gold = gold.assign(named=list(named))
+    both = gold.merge(answers[["id", "name"]], on="id")
+    both["hit"] = _matches(both["name"], both["entity_name"])
+    result: dict[str, Any] = {}
+    for key, part in (("all", both), ("named", both[both["named"]] if named is not None else None)):
+        if part is None:
+            continue
+        train = 100.0 * part.loc[part["split"] == "train", "hit"].to_numpy(dtype=float)
+        dev = 100.0 * part.loc[part["split"] == "dev", "hit"].to_numpy(dtype=float)
+        if not len(train) or not len(dev):
+            continue
+        d = independent_bootstrap(train, dev)
+        result[key] = {
+            "delta": round(d.delta, 2),
+            "ci": [round(d.low, 2), round(d.high, 2)],
+            "n_train": len(train),
+            "n_dev": len(dev),
+        }
+    return result

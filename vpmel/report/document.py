@@ -216,7 +216,25 @@ def _detective(reports: Path) -> list[str]:
         d = _json(path)
         if d:
             rows.append(detective_row(label, d))
-    return md + [markdown_table(DETECTIVE_COLUMNS, rows), ""]
+    md += [markdown_table(DETECTIVE_COLUMNS, rows), ""]
+    return md + gap_lines((_json(reports / "detective.json") or {}).get("train_minus_dev"))
+
+
+def gap_lines(gap: Mapping[str, Any] | None) -> list[str]:
+    """The tuned answers IIER trains on against dev's (``train_minus_dev`` of
+    reports/detective.json), each difference with its 95% CI, said plainly."""
+    if not gap:
+        return []
+    parts = []
+    for key, what in (("all", "all mentions"), ("named", "mentions whose caption names it")):
+        g = gap.get(key)
+        if g:
+            low, high = g["ci"]
+            verdict = "no difference" if low <= 0 <= high else "a difference"
+            parts.append(f"{what} {g['delta']:+.1f} [{low:+.1f}, {high:+.1f}] "
+                         f"({g['n_train']} vs {g['n_dev']}: {verdict})")  # fmt: skip
+    return ["Train answers minus dev's, name exact match in points with the unpaired "
+            "bootstrap 95% CI over mentions: " + "; ".join(parts) + ".", ""]  # fmt: skip
 
 
 def _main_results(reports: Path, runs: Mapping[str, Any], metrics: dict[str, Any]) -> list[str]:
