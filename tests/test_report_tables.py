@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from vpmel.iier.stats import mcnemar_exact, paired_bootstrap
 from vpmel.report.render import pair_table
+from vpmel.stats import mcnemar_exact, paired_bootstrap
 
 
 def _ranks(values: list[list[int]], ids: list[str]) -> pd.DataFrame:

@@ -1,11 +1,11 @@
-"""vpmel.iier.stats: seeds, paired bootstrap over mentions, McNemar's exact test."""
+"""vpmel.stats: seeds, paired bootstrap over mentions, McNemar's exact test."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vpmel.iier.stats import (
+from vpmel.stats import (
     independent_bootstrap,
     mcnemar_exact,
     paired_bootstrap,

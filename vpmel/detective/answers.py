@@ -29,7 +29,7 @@ from vpmel.data.subsets import named_mentions, subset_key
 from vpmel.detective.model import format_prompt, normalise, parse_answer, render_instruction
 from vpmel.detective.model import image_token as processor_image_token
 from vpmel.detective.training import load_image
-from vpmel.iier.stats import independent_bootstrap
+from vpmel.stats import independent_bootstrap
 
 CACHE_SCHEMA = pa.schema(
     [
@@ -329,7 +329,7 @@ def train_dev_gap(
     answers: pd.DataFrame, mentions: pd.DataFrame, named: pd.Series | None = None
 ) -> dict[str, Any]:
     """Name accuracy of the train answers minus dev's, in points, with an unpaired bootstrap
-    95% CI over mentions (:func:`vpmel.iier.stats.independent_bootstrap`): are the answers
+    95% CI over mentions (:func:`vpmel.stats.independent_bootstrap`): are the answers
     IIER trains on as good as the ones it is tested on? Also on the mentions whose caption
     names the entity (``named``), which takes out the splits' different shares of them.
     Empty when either split has no answers."""

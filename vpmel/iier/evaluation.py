@@ -27,8 +27,8 @@ from vpmel.iier.data import IIERInputs, InputConfig, load_inputs, read_answers
 from vpmel.iier.features import FeatureStore, encoder_id
 from vpmel.iier.model import IIER, seed_checkpoints
 from vpmel.iier.retrieval import RankConfig, kb_ranker, rank_rows
-from vpmel.iier.stats import seed_summary
 from vpmel.metrics import ranking_metrics
+from vpmel.stats import seed_summary
 
 
 @dataclasses.dataclass(frozen=True)

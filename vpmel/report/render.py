@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vpmel.data.images import open_rgb
 from vpmel.data.subsets import LABELS, SUBSETS, subset_key
-from vpmel.iier.stats import Difference, mcnemar_exact, paired_bootstrap, seed_summary
 from vpmel.metrics import KS
+from vpmel.stats import Difference, mcnemar_exact, paired_bootstrap, seed_summary
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -63,7 +63,7 @@ def seed_ranks(table: pd.DataFrame, split: str) -> pd.DataFrame:
 def comparison_table(ranks: Mapping[str, pd.DataFrame], reference: str) -> str:
     """Each method against ``reference`` on the mentions both ranked: H@1 and MRR as mean ±
     sd over its seeds, the paired-bootstrap 95% CI of the difference (seed-averaged, over
-    mentions; :mod:`vpmel.iier.stats`) and McNemar's exact p on H@1 (majority over seeds). A
+    mentions; :mod:`vpmel.stats`) and McNemar's exact p on H@1 (majority over seeds). A
     difference whose CI contains 0 reads "no difference"."""
     ref = ranks[reference]
     header = ["method", "seeds", "n", "H@1", "MRR", f"ΔH@1 vs {reference} [95% CI]",
