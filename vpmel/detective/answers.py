@@ -338,10 +338,9 @@ def train_dev_gap(
         gold = gold.assign(named=list(named))
     both = gold.merge(answers[["id", "name"]], on="id")
     both["hit"] = _matches(both["name"], both["entity_name"])
+    parts = {"all": both} | ({"named": both[both["named"]]} if named is not None else {})
     result: dict[str, Any] = {}
-    for key, part in (("all", both), ("named", both[both["named"]] if named is not None else None)):
-        if part is None:
-            continue
+    for key, part in parts.items():
         train = 100.0 * part.loc[part["split"] == "train", "hit"].to_numpy(dtype=float)
         dev = 100.0 * part.loc[part["split"] == "dev", "hit"].to_numpy(dtype=float)
         if not len(train) or not len(dev):
