@@ -25,12 +25,12 @@ import torch
 
 from vpmel.data.schema import read_kb
 from vpmel.data.subsets import name_in_text
-from vpmel.detective.answers import generate_texts
 from vpmel.detective.model import image_token, load_pretrained
 from vpmel.detective.pretraining import (
     HELDOUT_SEED_OFFSET,
     PretrainConfig,
     PretrainingCorpus,
+    captioned_texts,
     names_region,
 )
 from vpmel.encoders.training import EntityImages, ViewConfig
@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         image_token(processor),
         source,
     )
-    parts = [corpus.captioned_parts(i) for i in range(len(corpus))]
-    prompts = [" ".join(f"{corpus.prompt} {part[1]}".split()) for part in parts]
-    texts = generate_texts(
-        model.eval(), processor, prompts, [part[0] for part in parts], 50, cfg.max_new_tokens
-    )
+    parts, texts = captioned_texts(model.eval(), processor, corpus, cfg.max_new_tokens)
     groups: dict[str, list[tuple[bool, bool]]] = {}
     picks = set()  # the groups where the caption names the marked object among others
     for i, (part, text) in enumerate(zip(parts, texts, strict=True)):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -267,23 +268,30 @@ def exact_match(
     answers: pd.DataFrame, mentions: pd.DataFrame, splits: Sequence[str] = ("dev", "test")
 ) -> dict[str, dict[str, float | int]]:
     """Exact-match accuracy (case/space-normalised) of name and type per split."""
-    gold = mentions[["id", "split", "entity_name", "type"]].astype({"id": str})
-    columns = ["id", "name", "type"] + (["raw"] if "raw" in answers.columns else [])
-    both = gold.merge(answers[columns], on="id", suffixes=("_gold", ""))
+    both = scored_answers(answers, mentions)
     result: dict[str, dict[str, float | int]] = {}
     for split in splits:
         part = both[both["split"] == split]
         n = len(part)
-        name_ok = _matches(part["name"], part["entity_name"])
-        type_ok = _matches(part["type"], part["type_gold"])
         result[split] = {
             "n": n,
-            "name_accuracy": round(sum(name_ok) / n, 4) if n else 0.0,
-            "type_accuracy": round(sum(type_ok) / n, 4) if n else 0.0,
+            "name_accuracy": round(int(part["name_ok"].sum()) / n, 4) if n else 0.0,
+            "type_accuracy": round(int(part["type_ok"].sum()) / n, 4) if n else 0.0,
             "unparsed_type": int(part["type"].isna().sum()),
             **answer_forms(part),
         }
     return result
+
+
+def scored_answers(answers: pd.DataFrame, mentions: pd.DataFrame) -> pd.DataFrame:
+    """The answers beside their mentions' split and gold name and type (``type_gold``), with
+    whether each name and type matches exactly (``name_ok``, ``type_ok``)."""
+    gold = mentions[["id", "split", "entity_name", "type"]].astype({"id": str})
+    columns = ["id", "name", "type"] + (["raw"] if "raw" in answers.columns else [])
+    both = gold.merge(answers[columns], on="id", suffixes=("_gold", ""))
+    both["name_ok"] = _matches(both["name"], both["entity_name"])
+    both["type_ok"] = _matches(both["type"], both["type_gold"])
+    return both
 
 
 def answer_forms(part: pd.DataFrame) -> dict[str, float]:
@@ -326,23 +334,22 @@ def metrics_report(
 
 
 def train_dev_gap(
-    answers: pd.DataFrame, mentions: pd.DataFrame, named: pd.Series | None = None
+    answers: pd.DataFrame, mentions: pd.DataFrame, named: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Name accuracy of the train answers minus dev's, in points, with an unpaired bootstrap
     95% CI over mentions (:func:`vpmel.stats.independent_bootstrap`): are the answers
     IIER trains on as good as the ones it is tested on? Also on the mentions whose caption
     names the entity (``named``), which takes out the splits' different shares of them.
     Empty when either split has no answers."""
-    gold = mentions[["id", "split", "entity_name"]].astype({"id": str})
+    both = scored_answers(answers, mentions)
+    parts = {"all": both}
     if named is not None:
-        gold = gold.assign(named=list(named))
-    both = gold.merge(answers[["id", "name"]], on="id")
-    both["hit"] = _matches(both["name"], both["entity_name"])
-    parts = {"all": both} | ({"named": both[both["named"]]} if named is not None else {})
+        named_ids = set(mentions.loc[np.asarray(named, dtype=bool), "id"].astype(str))
+        parts["named"] = both[both["id"].isin(named_ids)]
     result: dict[str, Any] = {}
     for key, part in parts.items():
-        train = 100.0 * part.loc[part["split"] == "train", "hit"].to_numpy(dtype=float)
-        dev = 100.0 * part.loc[part["split"] == "dev", "hit"].to_numpy(dtype=float)
+        train = 100.0 * part.loc[part["split"] == "train", "name_ok"].to_numpy(dtype=float)
+        dev = 100.0 * part.loc[part["split"] == "dev", "name_ok"].to_numpy(dtype=float)
         if not len(train) or not len(dev):
             continue
         d = independent_bootstrap(train, dev)

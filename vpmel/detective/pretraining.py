@@ -287,15 +287,24 @@ def region_naming(
     }
 
 
+def captioned_texts(
+    model: Any, processor: Any, corpus: PretrainingCorpus, max_new_tokens: int
+) -> tuple[list[tuple[Image.Image, str, str, int, bool]], list[str]]:
+    """Every captioned example of ``corpus`` (:meth:`PretrainingCorpus.captioned_parts`) and
+    the text the base writes on after its image and caption."""
+    parts = [corpus.captioned_parts(i) for i in range(len(corpus))]
+    prompts = [" ".join(f"{corpus.prompt} {p[1]}".split()) for p in parts]
+    texts = generate_texts(model, processor, prompts, [p[0] for p in parts], 50, max_new_tokens)
+    return parts, texts
+
+
 def captioned_naming(
     model: Any, processor: Any, corpus: PretrainingCorpus, max_new_tokens: int
 ) -> dict[str, Any]:
     """How often the base names the marked object of fresh captioned scenes when it is given
     the image and the caption and writes on: overall, where the caption names the object
     (read and copy the phrase the marker picks) and where it does not (the image alone)."""
-    parts = [corpus.captioned_parts(i) for i in range(len(corpus))]
-    prompts = [" ".join(f"{corpus.prompt} {p[1]}".split()) for p in parts]
-    texts = generate_texts(model, processor, prompts, [p[0] for p in parts], 50, max_new_tokens)
+    parts, texts = captioned_texts(model, processor, corpus, max_new_tokens)
     names = [str(corpus.kb.at[p[3], "name"]) for p in parts]
     hits = np.array([names_region(t, n) for t, n in zip(texts, names, strict=True)])
     named = np.array([p[4] and bool(p[1]) for p in parts], dtype=bool)
